@@ -1,0 +1,1 @@
+"""Everything that trains: architecture specs, the network builder, data, the LightningModule."""

@@ -1,0 +1,135 @@
+"""Plain architecture and optimisation specs.
+
+One object, four uses: the search space samples an `ArchSpec`, `build_convnet` turns it
+into a module, MLflow flattens it into params, and `reproduce` rebuilds it from the logged
+config. Specs are frozen dataclasses so they can be hashed, compared and logged as-is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+from lightning_modules.errors import ConvsweepError
+
+DOWNSAMPLE = ("maxpool", "avgpool", "stride", "none")
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+ACTIVATIONS = ("relu", "gelu", "elu", "silu", "leaky_relu", "tanh")
+POOLINGS = ("gap", "flatten")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+
+
+class SpecError(ConvsweepError, ValueError):
+    """A spec field holds a value the builder cannot use."""
+
+
+def _check_choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise SpecError(f"{name}={value!r} is not one of {', '.join(map(str, allowed))}")
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One conv block: conv(k x k) -> [BN] -> act -> [1x1 conv -> [BN] -> act] -> downsample."""
+
+    filters: int
+    kernel_size: int = 3
+    downsample: str = "maxpool"  # maxpool | avgpool | stride (stride-2 conv) | none
+    padding_mode: str = "zeros"
+    pointwise: bool = False  # extra 1x1 conv after the block's conv
+    batch_norm: bool = True
+    activation: str = "relu"
+
+    def __post_init__(self) -> None:
+        if int(self.filters) < 1 or int(self.kernel_size) < 1:
+            raise SpecError(f"filters and kernel_size must be >= 1, got {self.filters}, {self.kernel_size}")
+        _check_choice("downsample", self.downsample, DOWNSAMPLE)
+        _check_choice("padding_mode", self.padding_mode, PADDING_MODES)
+        _check_choice("activation", self.activation, ACTIVATIONS)
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """Classifier head: pooling, then `fc_layers` hidden layers of `fc_width`, then the output layer."""
+
+    pooling: str = "gap"  # gap (global average pooling) | flatten
+    fc_layers: int = 0
+    fc_width: int = 128
+    dropout: float = 0.0  # before every linear layer
+
+    def __post_init__(self) -> None:
+        _check_choice("pooling", self.pooling, POOLINGS)
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise SpecError(f"dropout must be in [0, 1), got {self.dropout}")
+        if int(self.fc_layers) < 0:
+            raise SpecError(f"fc_layers must be >= 0, got {self.fc_layers}")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A whole conv net, independent of the dataset (input shape and classes come at build time)."""
+
+    blocks: tuple[BlockSpec, ...]
+    head: HeadSpec = HeadSpec()
+
+    def __post_init__(self) -> None:
+        if not self.blocks:
+            raise SpecError("an architecture needs at least one conv block")
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config form (`arch:` in a resolved config): blocks as a list of dicts."""
+        return {"blocks": [asdict(b) for b in self.blocks], "head": asdict(self.head)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ArchSpec":
+        """Rebuild from the config form; unknown keys are rejected, not ignored."""
+        _reject_unknown("arch", data, {"blocks", "head"})
+        blocks = []
+        for i, block in enumerate(data["blocks"], start=1):
+            _reject_unknown(f"arch.blocks[{i}]", block, {f.name for f in fields(BlockSpec)})
+            blocks.append(BlockSpec(**dict(block)))
+        head = dict(data.get("head") or {})
+        _reject_unknown("arch.head", head, {f.name for f in fields(HeadSpec)})
+        return cls(blocks=tuple(blocks), head=HeadSpec(**head))
+
+    def flat_params(self) -> dict[str, Any]:
+        """MLflow-style flat params with the sampler's names (`block2.kernel_size`, `head.dropout`)."""
+        flat: dict[str, Any] = {"depth": self.depth}
+        for i, block in enumerate(self.blocks, start=1):
+            flat.update({f"block{i}.{k}": v for k, v in asdict(block).items()})
+        flat.update({f"head.{k}": v for k, v in asdict(self.head).items()})
+        return flat
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """Optimisation hyperparameters of one trial."""
+
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    momentum: float = 0.9  # sgd only
+
+    def __post_init__(self) -> None:
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if float(self.lr) <= 0 or int(self.batch_size) < 1:
+            raise SpecError(f"lr must be > 0 and batch_size >= 1, got {self.lr}, {self.batch_size}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "OptimSpec":
+        _reject_unknown("optim", data, {f.name for f in fields(cls)})
+        return cls(**dict(data))
+
+    def flat_params(self) -> dict[str, Any]:
+        return {f"optim.{k}": v for k, v in asdict(self).items()}
+
+
+def _reject_unknown(where: str, data: Mapping[str, Any], known: set[str]) -> None:
+    unknown = set(data) - known
+    if unknown:
+        raise SpecError(f"unknown key(s) {', '.join(sorted(unknown))} in {where}; known: {', '.join(sorted(known))}")

@@ -1,0 +1,192 @@
+"""Compose the run config with Hydra's compose API, and read configs back safely.
+
+The CLI never uses `@hydra.main`: composing explicitly lets one process run several
+commands, turns Hydra's errors into one-line `ConvsweepError`s, and keeps Hydra from
+changing the working directory or writing output folders.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Iterable
+
+from lightning_modules.errors import ConvsweepError
+from omegaconf import DictConfig, OmegaConf
+
+GROUPS = ("dataset", "search_space", "sampler", "pruner", "trainer", "tracking", "arch", "experiment")
+
+# The only `_target_`s a config may instantiate: the project's own sampler and pruner builders.
+# A config read back from a tracking store is data, so anything else is refused.
+ALLOWED_TARGETS = frozenset({
+    "optuna.samplers.TPESampler", "optuna.samplers.RandomSampler", "optuna.samplers.GPSampler",
+    "optuna.samplers.GridSampler", "optuna.samplers.NSGAIISampler", "optuna.samplers.QMCSampler",
+    "optuna.pruners.MedianPruner", "optuna.pruners.SuccessiveHalvingPruner", "optuna.pruners.HyperbandPruner",
+    "optuna.pruners.NopPruner", "optuna.pruners.PercentilePruner", "optuna.pruners.ThresholdPruner",
+})
+
+
+def conf_dir() -> Path:
+    """The shipped `conf/` folder (the `convsweep_conf` package data, editable or installed)."""
+    spec = importlib.util.find_spec("convsweep_conf")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "config.yaml").is_file():
+            return Path(location)
+    fallback = Path(__file__).resolve().parent.parent / "conf"
+    if (fallback / "config.yaml").is_file():
+        return fallback
+    raise ConvsweepError("cannot find convsweep's conf/ folder; reinstall with: pip install -e '.[dev]'")
+
+
+def available(group: str) -> list[str]:
+    """The option names of one config group (the YAML files in conf/<group>/)."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def _explain(exc: Exception, overrides: Iterable[str]) -> str:
+    """Turn a Hydra composition error into one line that says how to fix it."""
+    messages = [str(e).strip() for e in (exc, exc.__cause__, exc.__context__) if e is not None and str(e).strip()]
+    text = " ".join(messages[0].split()) if messages else type(exc).__name__
+    if "Error parsing override" in text:
+        return f"{text}; overrides look like key=value (e.g. search.n_trials=30) or group=option (e.g. dataset=digits)"
+    for item in overrides:
+        key, _, value = item.lstrip("+~").partition("=")
+        if key in GROUPS and value and f"'{key}/{value}'" in str(exc) or (key in GROUPS and value and value not in available(key)):
+            return f"unknown {key} '{value}'; choose one of: {', '.join(available(key))}"
+    if "Could not override" in text:
+        key = text.split("'")[1] if text.count("'") >= 2 else "?"
+        return f"unknown config key '{key}'; check its spelling (`convsweep config` prints every key)"
+    return text
+
+
+def compose_config(overrides: Iterable[str] = (), config_name: str = "config") -> DictConfig:
+    """Compose conf/config.yaml with Hydra overrides, resolved, with the chosen group options in `choices`.
+
+    Raises:
+        ConvsweepError: an unknown group option or key, a malformed override, or a missing required value.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = list(overrides)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(conf_dir()), version_base="1.3", job_name="convsweep"):
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise ConvsweepError(_explain(exc, overrides)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    _check_types(cfg, overrides)
+    choices = {k: v for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items() if not k.startswith("hydra")}
+    with open_dict(cfg):
+        del cfg["hydra"]
+        cfg["choices"] = choices
+    return finalize(cfg)
+
+
+def _check_types(cfg: DictConfig, overrides: list[str]) -> None:
+    """Reject `key=value` overrides whose value type differs from the YAML default (e.g. max_epochs=abc)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    for item in overrides:
+        key, eq, _ = item.partition("=")
+        if not eq or key.startswith(("+", "~")) or key in GROUPS:
+            continue
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_missing=False)
+            default = OmegaConf.select(_defaults_for(cfg), key, throw_on_missing=False)
+        except OmegaConfBaseException:
+            continue
+        numeric = (int, float)
+        if isinstance(default, bool) != isinstance(value, bool) and default is not None and value is not None:
+            raise ConvsweepError(f"{key} must be true or false (got {value!r})")
+        if isinstance(default, numeric) and not isinstance(default, bool) and value is not None \
+                and not isinstance(value, numeric):
+            raise ConvsweepError(f"{key} must be a number (got {value!r})")
+
+
+def _defaults_for(cfg: DictConfig) -> DictConfig:
+    """The composed config with the same group choices but no value overrides (cached per choice set)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra") and v is not None}
+    key = tuple(sorted(choices.items()))
+    if key not in _DEFAULTS:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(str(conf_dir()), version_base="1.3", job_name="convsweep"):
+            _DEFAULTS[key] = compose("config", overrides=[f"{k}={v}" for k, v in choices.items()])
+        GlobalHydra.instance().clear()
+    return _DEFAULTS[key]
+
+
+_DEFAULTS: dict[tuple, DictConfig] = {}
+
+
+def open_dict(cfg: DictConfig):  # noqa: ANN201 - a context manager
+    from omegaconf import open_dict as _open_dict
+    return _open_dict(cfg)
+
+
+def finalize(cfg: DictConfig) -> DictConfig:
+    """Resolve interpolations and refuse missing required values (`???`) with the key to set."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConvsweepError(f"{missing[0]} is required; set it on the command line, e.g. {missing[0]}=/path/to/data")
+    try:
+        OmegaConf.resolve(cfg)
+    except Exception as exc:  # an interpolation to a missing key or env var
+        raise ConvsweepError(f"cannot resolve the config: {str(exc).splitlines()[0]}") from None
+    return cfg
+
+
+def load_config_file(path: str | Path, overrides: Iterable[str] = ()) -> DictConfig:
+    """Read a standalone resolved config (e.g. `best.yaml`) as data, checked against the shipped schema.
+
+    Keys the shipped config does not know are refused, so a typo cannot be silently ignored.
+    Overrides use dotted `key=value` form.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConvsweepError(f"config file {path} does not exist; write one with `convsweep best --study NAME`")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:
+        raise ConvsweepError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(loaded, DictConfig) or "arch" not in loaded or "dataset" not in loaded:
+        raise ConvsweepError(f"{path} is not a convsweep config (it needs at least `dataset:` and `arch:`)")
+    return merge_onto_schema(loaded, overrides, str(path))
+
+
+def merge_onto_schema(data: DictConfig | dict, overrides: Iterable[str] = (), source: str = "config") -> DictConfig:
+    """Merge a config read back as data onto the shipped defaults, refusing unknown keys."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    base = compose_config([f"dataset={data['dataset']['name']}"] if data.get("dataset", {}).get("name") in available("dataset") else [])
+    OmegaConf.set_struct(base, True)
+    with open_dict(base):
+        base.arch = data.get("arch", base.arch)  # a whole architecture, not merged block by block
+        base.choices = data.get("choices", base.choices)
+    try:
+        merged = OmegaConf.merge(base, {k: v for k, v in dict(data).items() if k not in ("arch", "choices")})
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as exc:
+        raise ConvsweepError(f"{source}: {str(exc).splitlines()[0]}") from None
+    return finalize(merged)
+
+
+def safe_instantiate(node: DictConfig, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate`, but only for `_target_`s on the project's allow-list."""
+    from hydra.utils import instantiate
+
+    target = node.get("_target_")
+    if target not in ALLOWED_TARGETS:
+        raise ConvsweepError(f"refusing to instantiate _target_ {target!r}: only convsweep's samplers and pruners are allowed")
+    return instantiate(node, **kwargs)
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

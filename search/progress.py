@@ -1,0 +1,88 @@
+"""The live terminal view of a sweep: trials done, pruned and failed, best so far, elapsed.
+
+It polls the study's storage rather than hooking the objective, so it shows the trials of
+every worker process, local or remote, the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import optuna
+from rich.console import Console, Group
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+TrialState = optuna.trial.TrialState
+
+
+class SweepProgress:
+    """Renders the sweep's state; `poll()` re-reads the storage and prints each newly finished trial."""
+
+    def __init__(self, study: optuna.Study, first_number: int, n_trials: int, metric: str, console: Console) -> None:
+        self.study, self.first, self.metric, self.console = study, first_number, metric, console
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=console)
+        self.task = self.bar.add_task(f"sweep {study.study_name}", total=n_trials)
+        self.counts = {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "RUNNING": 0}
+        self.best: tuple[int, float] | None = None
+        self._reported: set[int] = set()
+        self._lock = threading.Lock()
+
+    def poll(self) -> None:
+        with self._lock:
+            trials = [t for t in self.study.get_trials(deepcopy=False) if t.number >= self.first]
+            self.counts = {s: sum(t.state.name == s for t in trials) for s in self.counts}
+            for t in sorted(trials, key=lambda t: t.number):
+                if t.state.is_finished() and t.number not in self._reported:
+                    self._reported.add(t.number)
+                    self.console.print(self._line(t))
+            self.bar.update(self.task, completed=sum(t.state.is_finished() for t in trials))
+            try:
+                best = self.study.best_trial
+                self.best = (best.number, float(best.value))
+            except ValueError:
+                pass
+
+    def _line(self, t: optuna.trial.FrozenTrial) -> Text:
+        colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(t.state.name, "white")
+        duration = t.duration.total_seconds() if t.duration else 0.0
+        detail = f"{self.metric}={t.value:.4f}" if t.value is not None else (
+            t.user_attrs.get("invalid_reason") or
+            (f"at epoch {max(t.intermediate_values)}" if t.intermediate_values else ""))
+        return Text.assemble((f"trial {t.number:>3} ", "bold"), (f"{t.state.name:<8}", colour),
+                             f" {detail}  ({duration:.1f} s)")
+
+    def __rich__(self) -> Group:
+        c = self.counts
+        best = f"best {self.metric} = {self.best[1]:.4f} (trial {self.best[0]})" if self.best else "no completed trial yet"
+        status = Text.assemble(("done ", "bold"), (str(c["COMPLETE"]), "green"), "  pruned ", (str(c["PRUNED"]), "yellow"),
+                               "  failed ", (str(c["FAIL"]), "red"), f"  running {c['RUNNING']}   {best}")
+        return Group(self.bar, status)
+
+
+class Poller:
+    """Calls `progress.poll()` every `interval` seconds on a daemon thread until stopped."""
+
+    def __init__(self, progress: SweepProgress, interval: float = 1.0) -> None:
+        self.progress, self.interval = progress, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="convsweep-progress")
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.progress.poll()
+            except Exception:  # a storage hiccup must not kill the display; the next poll retries
+                time.sleep(self.interval)
+
+    def __enter__(self) -> "Poller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.progress.poll()

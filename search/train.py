@@ -1,0 +1,77 @@
+"""`train_and_track`: train one fixed configuration and record it as an MLflow run.
+
+Used by `convsweep train`, and by `reproduce`, which re-runs a trial's stored config
+through exactly this path and compares the per-epoch metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_modules.arch import ArchSpec, OptimSpec
+from lightning_modules.data import ImageData, load_dataset
+from lightning_modules.runner import EpochHistory, TrainResult, train_model
+from search import tracking
+from search.environment import environment_record
+from search.objective import run_params, summary_metrics
+from search.storage import experiment_id, init_mlflow, resolve_locations
+from search.sweep import check_metric
+
+
+@dataclass
+class TrackedRun:
+    """A training run and where it was recorded."""
+
+    run_id: str
+    result: TrainResult
+    data: ImageData
+    model_uri: str | None
+
+
+def specs_from_config(cfg: DictConfig) -> tuple[ArchSpec, OptimSpec]:
+    """The (ArchSpec, OptimSpec) a config describes; unknown keys are refused."""
+    return (ArchSpec.from_dict(OmegaConf.to_container(cfg.arch)),
+            OptimSpec.from_dict(OmegaConf.to_container(cfg.optim)))
+
+
+def train_and_track(cfg: DictConfig, role: str = "train", tags: Mapping[str, Any] | None = None,
+                    run_name: str | None = None, log_model: bool = True, data: ImageData | None = None) -> TrackedRun:
+    """Train `cfg.arch` with `cfg.optim` and `cfg.seed`, logging a run to the study's experiment.
+
+    Args:
+        cfg: a composed config (or one read back from a file or a run).
+        role: the `convsweep.role` tag (train | reproduction | evaluation).
+        tags: extra run tags (e.g. the run this reproduces).
+        run_name: MLflow run name.
+        log_model: log the trained net as an MLflow model.
+        data: an already loaded dataset (defaults to loading `cfg.dataset`).
+    """
+    check_metric(cfg)
+    arch, optim = specs_from_config(cfg)
+    data = data or load_dataset(cfg.dataset)
+    metric, direction = str(cfg.search.metric), str(cfg.search.direction)
+    loc = resolve_locations(cfg.tracking)
+    client = init_mlflow(loc)
+    exp_id = experiment_id(client, str(cfg.tracking.experiment_name), loc)
+    run = client.create_run(exp_id, run_name=run_name or f"{role}-{data.name}", tags={tracking.ROLE: role})
+    run_id = run.info.run_id
+    env = {f"env.{k}": v for k, v in environment_record().items()}
+    tracking.log_batch(client, run_id, params={**run_params({}, arch, optim), "seed": cfg.seed},
+                       tags={**env, "data.name": data.name, "data.fingerprint": data.fingerprint, **(tags or {})})
+    client.log_text(run_id, OmegaConf.to_yaml(cfg), "config.yaml")
+    tracking.log_dataset(client, run_id, data)
+    history = EpochHistory(metric, direction)
+    try:
+        result = train_model(data, arch, optim, cfg.trainer, seed=int(cfg.seed), metric=metric, direction=direction,
+                             callbacks=[tracking.MlflowEpochLogger(client, run_id, history)], history=history)
+    except BaseException as exc:
+        tracking.finish_run(client, run_id, "FAIL", tags={tracking.REASON: f"{type(exc).__name__}: {exc}"[:1000]})
+        raise
+    model_uri = tracking.log_model(run_id, result.model, data.input_shape) if log_model else None
+    metrics = {**summary_metrics(result.history, metric, direction == "maximize"), "duration_s": result.duration_s,
+               "model/params": float(result.plan.params), "model/macs": float(result.plan.macs)}
+    tracking.finish_run(client, run_id, "COMPLETE", metrics, {"device": result.device})
+    return TrackedRun(run_id, result, data, model_uri)
