@@ -44,7 +44,8 @@ def _plain(cfg: Mapping[str, Any]) -> _DatasetConfig:
     from omegaconf import DictConfig, MissingMandatoryValue, OmegaConf
 
     try:
-        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        plain = (OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True) if isinstance(cfg, DictConfig)
+                 else dict(cfg))
     except MissingMandatoryValue as exc:
         key = f"dataset.{exc.full_key.removeprefix('dataset.')}"
         raise DatasetError(f"{key} is required: set it on the command line, e.g. {key}=...") from exc

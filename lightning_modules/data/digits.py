@@ -14,9 +14,11 @@ def load_digits_data(cfg: Mapping[str, Any]) -> ImageData:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    images = torch.from_numpy(bunch.images * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)  # (N, 1, 8, 8), 0..16 -> 0..255
+    scaled = torch.from_numpy(bunch.images * (255.0 / 16.0))  # (N, 8, 8), ink 0..16 -> 0..255
+    images = scaled.round().to(torch.uint8).unsqueeze(1)  # (N, 1, 8, 8)
     labels = torch.from_numpy(bunch.target).long()
     val, test, train = seeded_split(len(labels), (float(cfg["val_fraction"]), float(cfg["test_fraction"])),
                                     int(cfg["seed"]))
     splits = (Split(images[idx], labels[idx]) for idx in (train, val, test))
-    return in_memory_data("digits", *splits, class_names=[str(d) for d in range(10)], source="sklearn.datasets.load_digits")
+    return in_memory_data("digits", *splits, class_names=[str(d) for d in range(10)],
+                          source="sklearn.datasets.load_digits")

@@ -90,7 +90,8 @@ def render_shapes(n: int, n_classes: int, size: int, noise: float, seed: int) ->
     centre = torch.stack([room * uniform(-1, 1), room * uniform(-1, 1)], -1)  # (n, 2) px from the image centre
     width, ink, background = uniform(1.0, 3.0), uniform(0.6, 1.0), uniform(0.0, 0.25)  # px, intensity, intensity
     cos, sin = theta.cos(), theta.sin()
-    affine = torch.stack([torch.stack([cos * sx, -sin * sy], -1), torch.stack([sin * sx, cos * sy], -1)], -2)  # (n, 2, 2)
+    # (n, 2, 2): shape units -> px, scale then rotate
+    affine = torch.stack([torch.stack([cos * sx, -sin * sy], -1), torch.stack([sin * sx, cos * sy], -1)], -2)
 
     coords = torch.arange(size, dtype=torch.float32) + 0.5 - half
     py, px = torch.meshgrid(coords, coords, indexing="ij")

@@ -177,7 +177,8 @@ def write_fake_mnist(root: Path, folder: str, n_train: int, n_test: int, compres
     return arrays
 
 
-@pytest.mark.parametrize(("name", "folder", "compress"), [("mnist", "MNIST", False), ("fashion_mnist", "FashionMNIST", True)])
+@pytest.mark.parametrize(("name", "folder", "compress"),
+                         [("mnist", "MNIST", False), ("fashion_mnist", "FashionMNIST", True)])
 def test_mnist_family_reads_idx_files(dataset_cfg: DatasetCfg, name: str, folder: str, compress: bool) -> None:
     cfg = dataset_cfg(name, download=False, val_fraction=0.25)
     arrays = write_fake_mnist(Path(cfg.root), folder, n_train=40, n_test=12, compress=compress)
