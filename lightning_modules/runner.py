@@ -84,9 +84,9 @@ def _auto(value: Any, default: bool) -> bool:
 
 def _quiet_lightning() -> None:
     """Lightning's per-fit banners ('GPU available: ...') are noise inside a sweep."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
-                 "lightning.fabric.utilities.seed", "lightning.pytorch.trainer.connectors.signal_connector"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for package in ("lightning.pytorch", "pytorch_lightning", "lightning.fabric", "lightning_fabric"):
+        for name in ("utilities.rank_zero", "accelerators.cuda", "utilities.seed", "trainer.connectors.signal_connector"):
+            logging.getLogger(f"{package}.{name}").setLevel(logging.WARNING)
 
 
 def make_trainer(trainer_cfg: Mapping[str, Any], device: str, callbacks: Sequence[Callback],

@@ -93,8 +93,8 @@ def _check_types(cfg: DictConfig, overrides: list[str]) -> None:
 
     for item in overrides:
         key, eq, _ = item.partition("=")
-        if not eq or key.startswith(("+", "~")) or key in GROUPS:
-            continue
+        if not eq or key.startswith(("+", "~", "search_space.")) or key in GROUPS:
+            continue  # the search space has its own validator, which names the file
         try:
             value = OmegaConf.select(cfg, key, throw_on_missing=False)
             default = OmegaConf.select(_defaults_for(cfg), key, throw_on_missing=False)

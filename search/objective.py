@@ -134,8 +134,7 @@ def _complete(ctx: SweepContext, trial: optuna.Trial, run_id: str, result: Train
     improves = _improves(trial, value)
     mode = ctx.cfg.search.log_models
     if mode == "all" or (mode == "best" and improves):
-        tracking.log_model(run_id, result.model, ctx.data.input_shape)
-        trial.set_user_attr("has_model", True)
+        trial.set_user_attr("model_uri", tracking.log_model(run_id, result.model, ctx.data.input_shape))
     if improves:
         tracking.log_batch(client, ctx.parent_run_id, metrics={f"best/{metric}": value}, step=trial.number,
                            tags={"best.trial_number": trial.number, "best.run_id": run_id,

@@ -9,6 +9,7 @@ unmasked.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,7 @@ def open_optuna_storage(loc: Locations, create: bool = True) -> Any:
 
 def init_mlflow(loc: Locations) -> Any:
     """Point MLflow at the store once per process and return a client (runs the SQLite migrations once)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here, and no reason to phone home
     import mlflow
     from mlflow.tracking import MlflowClient
 

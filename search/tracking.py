@@ -127,6 +127,7 @@ def log_model(run_id: str, model: Any, input_shape: Iterable[int], registered_na
     """Log a trained net as an MLflow PyTorch model taking raw uint8 images (B, C, H, W).
 
     Normalisation is inside the model (`InputNorm`), so the signature's input is raw pixels.
+    Pickle, not MLflow's traced 'pt2' format: a trace would freeze the uint8-vs-float input branch.
     Returns the model URI.
     """
     import mlflow
@@ -140,6 +141,6 @@ def log_model(run_id: str, model: Any, input_shape: Iterable[int], registered_na
     signature = infer_signature(example, logits)
     with mlflow.start_run(run_id=run_id, nested=True):
         info = mlflow.pytorch.log_model(model, name="model", signature=signature,
-                                        pip_requirements=list(PIP_REQUIREMENTS),
+                                        pip_requirements=list(PIP_REQUIREMENTS), serialization_format="pickle",
                                         registered_model_name=registered_name)
     return info.model_uri

@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.arch import ArchSpec, OptimSpec
 from lightning_modules.data import ImageData, load_dataset
+from lightning_modules.data.base import Split
 from lightning_modules.runner import EpochHistory, TrainResult, train_model
 from search import tracking
 from search.environment import environment_record
@@ -29,6 +31,7 @@ class TrackedRun:
     result: TrainResult
     data: ImageData
     model_uri: str | None
+    client: Any  # the MlflowClient the run was logged with
 
 
 def specs_from_config(cfg: DictConfig) -> tuple[ArchSpec, OptimSpec]:
@@ -38,7 +41,9 @@ def specs_from_config(cfg: DictConfig) -> tuple[ArchSpec, OptimSpec]:
 
 
 def train_and_track(cfg: DictConfig, role: str = "train", tags: Mapping[str, Any] | None = None,
-                    run_name: str | None = None, log_model: bool = True, data: ImageData | None = None) -> TrackedRun:
+                    run_name: str | None = None, log_model: bool = True, data: ImageData | None = None,
+                    parent_run_id: str | None = None, train_split: Split | None = None,
+                    registered_name: str | None = None) -> TrackedRun:
     """Train `cfg.arch` with `cfg.optim` and `cfg.seed`, logging a run to the study's experiment.
 
     Args:
@@ -48,6 +53,9 @@ def train_and_track(cfg: DictConfig, role: str = "train", tags: Mapping[str, Any
         run_name: MLflow run name.
         log_model: log the trained net as an MLflow model.
         data: an already loaded dataset (defaults to loading `cfg.dataset`).
+        parent_run_id: nest the run under this one (e.g. the study's parent run).
+        train_split: train on this split instead of `data.train` (e.g. train+val).
+        registered_name: also register the logged model under this name.
     """
     check_metric(cfg)
     arch, optim = specs_from_config(cfg)
@@ -56,7 +64,8 @@ def train_and_track(cfg: DictConfig, role: str = "train", tags: Mapping[str, Any
     loc = resolve_locations(cfg.tracking)
     client = init_mlflow(loc)
     exp_id = experiment_id(client, str(cfg.tracking.experiment_name), loc)
-    run = client.create_run(exp_id, run_name=run_name or f"{role}-{data.name}", tags={tracking.ROLE: role})
+    run_tags = {tracking.ROLE: role, **({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})}
+    run = client.create_run(exp_id, run_name=run_name or f"{role}-{data.name}", tags=run_tags)
     run_id = run.info.run_id
     env = {f"env.{k}": v for k, v in environment_record().items()}
     tracking.log_batch(client, run_id, params={**run_params({}, arch, optim), "seed": cfg.seed},
@@ -66,12 +75,13 @@ def train_and_track(cfg: DictConfig, role: str = "train", tags: Mapping[str, Any
     history = EpochHistory(metric, direction)
     try:
         result = train_model(data, arch, optim, cfg.trainer, seed=int(cfg.seed), metric=metric, direction=direction,
-                             callbacks=[tracking.MlflowEpochLogger(client, run_id, history)], history=history)
+                             callbacks=[tracking.MlflowEpochLogger(client, run_id, history)], history=history,
+                             train_split=train_split)
     except BaseException as exc:
         tracking.finish_run(client, run_id, "FAIL", tags={tracking.REASON: f"{type(exc).__name__}: {exc}"[:1000]})
         raise
-    model_uri = tracking.log_model(run_id, result.model, data.input_shape) if log_model else None
+    model_uri = tracking.log_model(run_id, result.model, data.input_shape, registered_name) if log_model else None
     metrics = {**summary_metrics(result.history, metric, direction == "maximize"), "duration_s": result.duration_s,
                "model/params": float(result.plan.params), "model/macs": float(result.plan.macs)}
     tracking.finish_run(client, run_id, "COMPLETE", metrics, {"device": result.device})
-    return TrackedRun(run_id, result, data, model_uri)
+    return TrackedRun(run_id, result, data, model_uri, client)

@@ -1,0 +1,202 @@
+"""convsweep: sweep conv-net architectures with Optuna, train with Lightning, track in MLflow.
+
+    convsweep sweep [hydra overrides]            e.g. dataset=digits search.n_trials=30 sampler=random
+    convsweep train [--config-file F] [overrides]
+    convsweep best --study NAME [-o best.yaml] [--register NAME]
+    convsweep reproduce RUN_ID | --study NAME [--tolerance T] [--force]
+    convsweep evaluate --study NAME | --config-file F [--train-on-val] [--register NAME]
+    convsweep report --study NAME
+    convsweep ui [--port 5000] [--optuna]
+    convsweep config [overrides]                 print the composed config
+
+This module is the thin layer: parse arguments, compose the config, call one typed function
+per command, and print a user error as one line. Heavy libraries are imported inside the
+commands, so `convsweep --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Sequence
+
+DEFAULT_UI_PORT = 5000
+
+
+def _compose(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
+    from search.config import compose_config, load_config_file
+
+    overrides = [*extra, *getattr(args, "overrides", [])]
+    if getattr(args, "study", None):
+        overrides.append(f"search.study_name={args.study}")
+    if getattr(args, "config_file", None):
+        return load_config_file(args.config_file, overrides)
+    return compose_config(overrides)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def ui_hint(cfg: Any) -> str:
+    """The command that opens the MLflow UI on this config's store."""
+    from search.storage import resolve_locations
+
+    loc = resolve_locations(cfg.tracking)
+    default = resolve_locations({"run_dir": "./convsweep-runs"})
+    return "convsweep ui" if loc == default else f"convsweep ui tracking.run_dir={loc.run_dir}"
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """convsweep sweep [overrides]"""
+    from dashboards.leaderboard import leaderboard, leaderboard_table
+    from search.sweep import prepare_sweep, run_sweep
+
+    console = _console()
+    cfg = _compose(args)
+    plan = prepare_sweep(cfg)
+    console.print(f"study [bold]{cfg.search.study_name}[/] on {plan.data.name} {plan.data.sizes()} | "
+                  f"sampler {cfg.choices.sampler}, pruner {cfg.choices.pruner}, {cfg.search.n_trials} trials "
+                  f"x {cfg.trainer.max_epochs} epochs | metric {cfg.search.metric}")
+    summary = run_sweep(plan, console)
+    from search.sweep import ensure_study_exists
+
+    study = ensure_study_exists(summary.locations, summary.study_name)
+    console.print(leaderboard_table(leaderboard(study, str(cfg.search.metric), 10), str(cfg.search.metric),
+                                    f"leaderboard: {summary.study_name}"))
+    console.print(f"this sweep: {summary.n_complete} complete, {summary.n_pruned} pruned, {summary.n_failed} failed")
+    if summary.best_value is not None:
+        console.print(f"best {cfg.search.metric} = {summary.best_value:.4f} (MLflow run {summary.best_run_id})")
+    console.print(f"results: {summary.locations.run_dir}")
+    console.print(f"open the MLflow UI: [bold]{ui_hint(cfg)}[/]")
+    console.print(f"export the best config: convsweep best --study {summary.study_name}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """convsweep train [--config-file best.yaml] [overrides]"""
+    from search.train import train_and_track
+
+    console = _console()
+    cfg = _compose(args)
+    run = train_and_track(cfg, role="train", log_model=True)
+    for row in run.result.history:
+        console.print("epoch {:>2}: ".format(int(row["epoch"])) +
+                      "  ".join(f"{k}={v:.4f}" for k, v in sorted(row.items()) if k != "epoch"))
+    console.print(f"best {cfg.search.metric} = {run.result.best_value:.4f} at epoch {run.result.best_epoch} "
+                  f"| {run.result.plan.params:,} params | {run.result.duration_s:.1f} s on {run.result.device}")
+    console.print(f"MLflow run {run.run_id}; model {run.model_uri}")
+    console.print(f"open the MLflow UI: {ui_hint(cfg)}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """convsweep config [overrides]"""
+    from search.config import to_yaml
+
+    print(to_yaml(_compose(args)), end="")
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    """convsweep best --study NAME [-o best.yaml] [--register NAME]"""
+    from search.reproduce import export_best
+
+    return export_best(_compose(args), args.output, args.register, _console())
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """convsweep reproduce RUN_ID | --study NAME"""
+    from search.reproduce import reproduce
+
+    run_ids = [o for o in args.overrides if "=" not in o]
+    args.overrides = [o for o in args.overrides if "=" in o]
+    if len(run_ids) > 1 or (not run_ids and not args.study):
+        from lightning_modules.errors import ConvsweepError
+
+        raise ConvsweepError("give one MLflow RUN_ID of a trial, or --study NAME for the study's best trial")
+    return reproduce(_compose(args), run_ids[0] if run_ids else None, args.tolerance, args.force, _console())
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """convsweep evaluate --study NAME | --config-file F"""
+    from search.reproduce import evaluate
+
+    return evaluate(_compose(args), from_study=args.config_file is None, train_on_val=args.train_on_val,
+                    register=args.register, console=_console())
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """convsweep report --study NAME"""
+    from dashboards.report import report
+
+    return report(_compose(args), _console())
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """convsweep ui [--port 5000] [--host 127.0.0.1] [--optuna]"""
+    from dashboards.ui import serve_ui
+
+    return serve_ui(_compose(args), host=args.host, port=args.port, optuna_port=args.optuna_port if args.optuna else None,
+                    console=_console())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convsweep", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Overrides use Hydra syntax: key=value or group=option. "
+                                            "`convsweep config` prints every key.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str, study: bool = False,
+            config_file: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dataset=digits trainer.max_epochs=8")
+        if study:
+            p.add_argument("--study", help="study name (default: the config's search.study_name)")
+        if config_file:
+            p.add_argument("--config-file", help="a standalone resolved config, e.g. the best.yaml `convsweep best` writes")
+        p.set_defaults(func=func)
+        return p
+
+    add("sweep", cmd_sweep, "run (or resume) an Optuna sweep over conv-net configurations")
+    add("train", cmd_train, "train one fixed configuration (conf/arch or --config-file) and log it", config_file=True)
+    add("config", cmd_config, "print the composed, resolved config", config_file=True)
+    p = add("best", cmd_best, "print the best trial and write it as a standalone config", study=True)
+    p.add_argument("-o", "--output", default="best.yaml", help="where to write the config (default: best.yaml)")
+    p.add_argument("--register", metavar="NAME", help="register the best trial's model in the MLflow Model Registry")
+    p = add("reproduce", cmd_reproduce, "re-run a trial from its logged config and compare metrics", study=True)
+    p.add_argument("--tolerance", type=float, default=1e-6, help="max per-epoch metric difference (default 1e-6)")
+    p.add_argument("--force", action="store_true", help="run even if the dataset fingerprint changed")
+    p = add("evaluate", cmd_evaluate, "train the chosen config and evaluate it once on the held-out test split",
+            study=True, config_file=True)
+    p.add_argument("--train-on-val", action="store_true", help="train on train+val before the test evaluation")
+    p.add_argument("--register", metavar="NAME", help="register the trained model in the MLflow Model Registry")
+    add("report", cmd_report, "regenerate the sweep plots and print the leaderboard", study=True)
+    p = add("ui", cmd_ui, "open the MLflow UI (and optionally optuna-dashboard) on the sweep's stores")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_UI_PORT, help=f"MLflow UI port (default {DEFAULT_UI_PORT})")
+    p.add_argument("--optuna", action="store_true", help="also start optuna-dashboard on the Optuna storage")
+    p.add_argument("--optuna-port", type=int, default=8080, help="optuna-dashboard port (default 8080)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `convsweep` console script."""
+    args = build_parser().parse_args(argv)
+    from lightning_modules.errors import ConvsweepError
+
+    try:
+        return args.func(args)
+    except ConvsweepError as exc:
+        print(f"convsweep {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"convsweep {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
