@@ -1,0 +1,1 @@
+"""Reads finished results and draws; never trains."""
