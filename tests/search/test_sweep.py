@@ -1,0 +1,112 @@
+"""A few-trial sweep on real data, checked through Optuna's storage and MLflow's own client."""
+
+from __future__ import annotations
+
+import mlflow
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+
+from lightning_modules.errors import ConvsweepError
+from search import tracking
+from search.storage import resolve_locations
+from search.sweep import ensure_study_exists, prepare_sweep, run_sweep
+
+TS = optuna.trial.TrialState
+
+
+def quiet() -> Console:
+    return Console(quiet=True)
+
+
+def children(client: MlflowClient, exp_id: str, parent_id: str) -> list:
+    runs = client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`{tracking.ROLE}` = 'trial'")
+    return sorted(runs, key=lambda r: int(r.data.tags[tracking.TRIAL]))
+
+
+def test_sweep_records_parent_children_params_metrics_and_resumes(tiny_cfg) -> None:
+    cfg = tiny_cfg("pruner=none")
+    summary = run_sweep(prepare_sweep(cfg), quiet())
+    loc = resolve_locations(cfg.tracking)
+    study = ensure_study_exists(loc, "tiny")
+    assert [t.state for t in study.trials] == [TS.COMPLETE] * 3
+    # the configured metric reached the pruner's intermediate values, one per epoch
+    for t in study.trials:
+        assert sorted(t.intermediate_values) == [0, 1]
+        assert t.value == max(t.intermediate_values.values())
+
+    client = MlflowClient(loc.mlflow_uri)
+    exp = client.get_experiment_by_name("tiny")
+    parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.ROLE}` = 'parent'")
+    assert len(parents) == 1 and parents[0].info.run_id == summary.parent_run_id
+    parent = parents[0]
+    assert parent.data.params["sampler"] == "tpe" and parent.data.params["pruner"] == "none"
+    assert parent.data.tags["best.run_id"] == summary.best_run_id
+    assert "search_space.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+
+    kids = children(client, exp.experiment_id, parent.info.run_id)
+    assert len(kids) == 3
+    for run, trial in zip(kids, study.trials):
+        params = run.data.params
+        assert params["depth"] == str(trial.params["depth"])
+        assert params["block1.kernel_size"] == str(trial.params["block1.kernel_size"])
+        assert ("block2.filters" in params) == (trial.params["depth"] >= 2)
+        history = client.get_metric_history(run.info.run_id, "val/acc")
+        assert [(m.step, round(m.value, 6)) for m in sorted(history, key=lambda m: m.step)] == \
+            [(s, round(v, 6)) for s, v in sorted(trial.intermediate_values.items())]
+        assert {"train/loss", "val/loss", "model/params", "model/macs", "duration_s"} <= set(run.data.metrics)
+        assert run.data.tags[tracking.STATE] == "COMPLETE" and run.info.status == "FINISHED"
+        assert run.data.tags["env.git_commit"] and run.data.tags["data.fingerprint"]
+        assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+    best = study.best_trial
+    model = mlflow.pytorch.load_model(best.user_attrs["model_uri"])
+    x = next(iter(__import__("lightning_modules.data", fromlist=["load_dataset"]).load_dataset(cfg.dataset).val.images.split(16)))
+    assert model(x).shape == (16, 10)
+
+    again = run_sweep(prepare_sweep(cfg), quiet())  # same study + storage: resume, not restart
+    assert again.resumed and again.parent_run_id == summary.parent_run_id
+    assert len(ensure_study_exists(loc, "tiny").trials) == 6
+    assert len(children(client, exp.experiment_id, parent.info.run_id)) == 6
+
+
+def test_deterministic_pruner_prunes_and_mlflow_records_it(tiny_cfg) -> None:
+    cfg = tiny_cfg("pruner=threshold", "pruner.lower=1.5", "pruner.n_warmup_steps=0", "search.n_trials=2")
+    run_sweep(prepare_sweep(cfg), quiet())
+    loc = resolve_locations(cfg.tracking)
+    study = ensure_study_exists(loc, "tiny")
+    assert [t.state for t in study.trials] == [TS.PRUNED] * 2
+    assert all(list(t.intermediate_values) == [0] for t in study.trials)
+    client = MlflowClient(loc.mlflow_uri)
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.ROLE}` = 'trial'")
+    assert {r.data.tags[tracking.STATE] for r in runs} == {"PRUNED"}
+    assert {r.info.status for r in runs} == {"KILLED"}
+    assert all("pruned at epoch 0" in r.data.tags[tracking.REASON] for r in runs)
+
+
+def test_collapsing_architectures_end_pruned_with_the_reason_and_the_sweep_goes_on(tiny_cfg) -> None:
+    cfg = tiny_cfg("search_space.depth=4", "search_space.block.downsample=maxpool", "search_space.block.padding_mode=zeros",
+                   "search.n_trials=2")
+    run_sweep(prepare_sweep(cfg), quiet())
+    study = ensure_study_exists(resolve_locations(cfg.tracking), "tiny")
+    assert [t.state for t in study.trials] == [TS.PRUNED] * 2
+    assert all("feature map collapses" in t.user_attrs["invalid_reason"] for t in study.trials)
+    failed = tiny_cfg("search_space.depth=4", "search_space.block.downsample=maxpool", "search.n_trials=1",
+                      "search.fail_on_collapse=failed", study="tiny-fail")
+    run_sweep(prepare_sweep(failed), quiet())
+    assert ensure_study_exists(resolve_locations(failed.tracking), "tiny-fail").trials[0].state == TS.FAIL
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("search.metric=val/accuracy", "unknown metric 'val/accuracy'"),
+    ("search.direction=minimize", "does not fit val/acc"),
+    ("search_space.depth.low=0", "depth must be integers >= 1"),
+    ("sampler=grid", "sampler=grid needs a fixed depth"),
+])
+def test_bad_input_fails_before_anything_is_written(tiny_cfg, override: str, message: str) -> None:
+    cfg = tiny_cfg(override)
+    with pytest.raises(ConvsweepError, match=message):
+        prepare_sweep(cfg)
+    assert not resolve_locations(cfg.tracking).run_dir.exists()
