@@ -64,6 +64,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from search.sweep import ensure_study_exists
 
     study = ensure_study_exists(summary.locations, summary.study_name)
+    console.print()
     console.print(leaderboard_table(leaderboard(study, str(cfg.search.metric), 10), str(cfg.search.metric),
                                     f"leaderboard: {summary.study_name}"))
     console.print(f"this sweep: {summary.n_complete} complete, {summary.n_pruned} pruned, {summary.n_failed} failed")

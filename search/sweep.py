@@ -171,6 +171,9 @@ def run_sweep(plan: SweepPlan, console: Console | None = None) -> SweepSummary:
                 proc.join()
             if any(p.exitcode for p in procs):
                 raise ConvsweepError(f"{sum(bool(p.exitcode) for p in procs)} worker process(es) failed; see the messages above")
+        from dashboards.report import log_sweep_views
+
+        log_sweep_views(study, client, parent_id, metric, plan.data, int(cfg.search.top_k_views), console)
     except KeyboardInterrupt:
         status = "KILLED"
         console.print(f"interrupted: finished trials are kept; run the same command to resume study {study.study_name}")

@@ -8,6 +8,7 @@ metric against 5 ms per `log_metric` here), so worker processes never share a fl
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any, Iterable, Mapping
 
@@ -139,6 +140,7 @@ def log_model(run_id: str, model: Any, input_shape: Iterable[int], registered_na
     with torch.no_grad():
         logits = model(torch.from_numpy(example)).numpy()
     signature = infer_signature(example, logits)
+    logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)  # its pickle warning: chosen on purpose, see above
     with mlflow.start_run(run_id=run_id, nested=True):
         info = mlflow.pytorch.log_model(model, name="model", signature=signature,
                                         pip_requirements=list(PIP_REQUIREMENTS), serialization_format="pickle",
