@@ -1,0 +1,141 @@
+"""Sweep-level plots: every view drawn as PNG + offline HTML, or skipped with a reason, never raising."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import optuna
+import pytest
+from optuna.exceptions import ExperimentalWarning
+from PIL import Image
+
+from dashboards import study_plots
+from dashboards.figures import DPI, PlotOutcome
+from dashboards.study_plots import VIEWS, log_study_plots, make_study_plots
+
+SINGLE_OBJECTIVE_VIEWS = set(VIEWS) - {"pareto_front"}
+
+
+def _by_name(outcomes: list[PlotOutcome]) -> dict[str, PlotOutcome]:
+    return {o.name: o for o in outcomes}
+
+
+def _png(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _assert_drawn(outcome: PlotOutcome) -> None:
+    """A real picture (not blank) and an HTML page that embeds plotly.js rather than fetching it."""
+    assert outcome.skipped is None, outcome.skipped
+    png, html = outcome.paths
+    pixels = _png(png)
+    assert pixels.shape[0] == study_plots.HEIGHT_IN * DPI
+    assert pixels.std() > 0
+    page = html.read_text()
+    assert "<script src=\"http" not in page
+    assert len(page) > 1_000_000  # plotly.js itself is inside
+
+
+@pytest.fixture(scope="module")
+def sweep_plots(make_study: Callable[..., optuna.Study],
+                tmp_path_factory: pytest.TempPathFactory) -> tuple[optuna.Study, dict[str, PlotOutcome]]:
+    """One pruned sweep drawn once for the read-only tests below (drawing all views takes seconds).
+
+    Optuna's ExperimentalWarning is an error here: a leaked one would turn a view into a failure note.
+    """
+    study = make_study()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExperimentalWarning)
+        outcomes = make_study_plots(study, "val/acc", tmp_path_factory.mktemp("plots"))
+    return study, _by_name(outcomes)
+
+
+def test_a_pruned_sweep_gets_every_single_objective_view(sweep_plots: tuple[optuna.Study, dict[str, PlotOutcome]]) -> None:
+    _, outcomes = sweep_plots
+
+    assert list(outcomes) == list(VIEWS)
+    for name in SINGLE_OBJECTIVE_VIEWS:
+        _assert_drawn(outcomes[name])
+    assert _png(outcomes["optimization_history"].paths[0]).shape == (600, 1000, 3)
+    assert outcomes["pareto_front"].skipped == "single-objective study: no Pareto front"
+    assert outcomes["pareto_front"].paths == ()
+
+
+def test_value_axes_carry_the_metric_name(sweep_plots: tuple[optuna.Study, dict[str, PlotOutcome]]) -> None:
+    _, outcomes = sweep_plots
+
+    for name in ("optimization_history", "intermediate_values", "slice", "parallel_coordinate"):
+        assert "val\\u002facc" in outcomes[name].paths[1].read_text(), name  # plotly's JSON escapes "/"
+
+
+def test_parallel_coordinates_include_params_only_deep_trials_have(
+        sweep_plots: tuple[optuna.Study, dict[str, PlotOutcome]]) -> None:
+    study, outcomes = sweep_plots
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    depths = {t.params["depth"] for t in complete}
+    assert len(depths) > 1  # so the deepest block's params are missing in some trials
+
+    page = outcomes["parallel_coordinate"].paths[1].read_text()
+    assert f"block{max(depths)}.filters" in page and "depth" in page
+
+
+def test_multi_objective_study_gets_a_pareto_front(multi_objective_study: optuna.Study, tmp_path: Path) -> None:
+    outcomes = _by_name(make_study_plots(multi_objective_study, "val/acc", tmp_path))
+
+    _assert_drawn(outcomes["pareto_front"])
+    _assert_drawn(outcomes["optimization_history"])  # of the first objective, the sweep's metric
+    assert outcomes["intermediate_values"].skipped == "no trial reported intermediate values"
+
+
+def test_a_study_without_completed_trials_skips_every_view(make_study: Callable[..., optuna.Study],
+                                                           tmp_path: Path) -> None:
+    """The other degenerate cases: one completed trial in the logging test, no intermediate values in the
+    multi-objective one."""
+    outcomes = _by_name(make_study_plots(make_study(n_trials=0), "val/acc", tmp_path))
+
+    assert all(o.skipped and not o.paths for o in outcomes.values())
+    assert outcomes["optimization_history"].skipped == "needs at least 1 completed trial(s), the study has 0"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_view_that_breaks_is_noted_and_the_others_are_drawn(sweep_study: optuna.Study, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(study: optuna.Study, metric: str) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(study_plots, "VIEWS", {"slice": broken, "optimization_history": VIEWS["optimization_history"]})
+    outcomes = _by_name(make_study_plots(sweep_study, "val/acc", tmp_path))
+
+    assert outcomes["slice"].skipped == "failed: RuntimeError: boom"
+    _assert_drawn(outcomes["optimization_history"])
+
+
+def test_log_study_plots_uploads_pictures_pages_and_notes(make_study: Callable[..., optuna.Study],
+                                                          mlflow_client: object, run_id: str, tmp_path: Path,
+                                                          listed: Callable[[str], set[str]],
+                                                          read_artifact: Callable[[str], str]) -> None:
+    outcomes = log_study_plots(mlflow_client, run_id, make_study(n_trials=1), "val/acc", tmp_path / "work")
+
+    drawn = {f"plots/{o.name}.{ext}" for o in outcomes if not o.skipped for ext in ("png", "html")}
+    assert "plots/parallel_coordinate.html" in drawn
+    assert listed("plots") == drawn | {"plots/notes.txt"}
+    assert read_artifact("plots/notes.txt") == (
+        "param_importances: needs at least 2 completed trial(s), the study has 1\n"
+        "pareto_front: single-objective study: no Pareto front\n")
+
+
+def test_logging_again_replaces_the_earlier_files(make_study: Callable[..., optuna.Study], tmp_path: Path) -> None:
+    class Client:
+        def log_artifacts(self, run_id: str, local_dir: str, artifact_path: str) -> None:
+            self.files = sorted(p.name for p in Path(local_dir).iterdir())
+
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "stale.png").write_bytes(b"old")
+    client = Client()
+    log_study_plots(client, "run", make_study(n_trials=0), "val/acc", tmp_path)
+
+    assert client.files == ["notes.txt"]
