@@ -51,18 +51,16 @@ def ui_hint(cfg: Any) -> str:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """convsweep sweep [overrides]"""
+    cfg = _compose(args)  # config errors surface before the heavy imports below
     from dashboards.leaderboard import leaderboard, leaderboard_table
-    from search.sweep import prepare_sweep, run_sweep
+    from search.sweep import ensure_study_exists, prepare_sweep, run_sweep
 
     console = _console()
-    cfg = _compose(args)
     plan = prepare_sweep(cfg)
     console.print(f"study [bold]{cfg.search.study_name}[/] on {plan.data.name} {plan.data.sizes()} | "
                   f"sampler {cfg.choices.sampler}, pruner {cfg.choices.pruner}, {cfg.search.n_trials} trials "
                   f"x {cfg.trainer.max_epochs} epochs | metric {cfg.search.metric}")
     summary = run_sweep(plan, console)
-    from search.sweep import ensure_study_exists
-
     study = ensure_study_exists(summary.locations, summary.study_name)
     console.print()
     console.print(leaderboard_table(leaderboard(study, str(cfg.search.metric), 10), str(cfg.search.metric),

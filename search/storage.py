@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -79,8 +80,10 @@ def open_optuna_storage(loc: Locations, create: bool = True) -> Any:
         except OSError as exc:
             raise StorageError(f"cannot write the Optuna journal at {path} ({exc.strerror}); set tracking.run_dir to a writable folder") from None
     try:
-        return optuna.storages.RDBStorage(loc.optuna_url, heartbeat_interval=60, grace_period=180,
-                                          engine_kwargs={"pool_pre_ping": True})
+        with warnings.catch_warnings():  # heartbeat is "experimental" in Optuna but is how stale trials get failed
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(loc.optuna_url, heartbeat_interval=60, grace_period=180,
+                                              engine_kwargs={"pool_pre_ping": True})
     except Exception as exc:  # sqlalchemy's OperationalError and friends: message may contain the URL
         reason = mask_uri(" ".join(str(exc).split())).split("(Background")[0][:200]
         raise StorageError(f"cannot reach the Optuna storage {mask_uri(loc.optuna_url)}: {reason}; "
