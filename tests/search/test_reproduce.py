@@ -1,0 +1,119 @@
+"""From a sweep to a reproducible, registered model: best -> train --config-file -> reproduce -> evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from search import tracking
+from search.cli import main
+from search.config import compose_config
+from search.storage import resolve_locations
+from search.sweep import ensure_study_exists
+from search.train import train_and_track
+from tests.search.conftest import tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """One tiny finished sweep shared by the tests below (they only add runs, never change it)."""
+    root = tmp_path_factory.mktemp("repro")
+    overrides = tiny_overrides(root / "runs", "repro", "search.n_trials=2", "pruner=none")
+    assert main(["sweep", *overrides]) == 0
+    return root, overrides
+
+
+def storage_args(root: Path) -> list[str]:
+    return [f"tracking.run_dir={root / 'runs'}"]
+
+
+def test_best_exports_a_standalone_config_that_trains_and_reproduces_exactly(swept, capsys) -> None:
+    root, overrides = swept
+    best_yaml = root / "best.yaml"
+    assert main(["best", "--study", "repro", "-o", str(best_yaml), *storage_args(root)]) == 0
+    exported = OmegaConf.load(best_yaml)
+    study = ensure_study_exists(resolve_locations({"run_dir": str(root / "runs")}), "repro")
+    best = study.best_trial
+    assert exported.arch.blocks[0].kernel_size == best.params["block1.kernel_size"]
+    assert exported.seed == best.user_attrs["config"]["seed"]
+
+    client = MlflowClient(resolve_locations({"run_dir": str(root / "runs")}).mlflow_uri)
+    original = client.get_metric_history(best.user_attrs["mlflow_run_id"], "val/acc")
+
+    capsys.readouterr()
+    assert main(["train", "--config-file", str(best_yaml)]) == 0
+    exp = client.get_experiment_by_name("repro")
+    trained = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.ROLE}` = 'train'")
+    assert len(trained) == 1
+    again = client.get_metric_history(trained[0].info.run_id, "val/acc")
+    assert [m.value for m in sorted(again, key=lambda m: m.step)] == \
+        pytest.approx([m.value for m in sorted(original, key=lambda m: m.step)], abs=1e-6)
+
+    assert main(["reproduce", "--study", "repro", *storage_args(root)]) == 0
+    out = capsys.readouterr().out
+    assert "reproduced" in out and "not reproduced" not in out
+    repro = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.ROLE}` = 'reproduction'")
+    assert repro[0].data.tags["convsweep.reproduces"] == best.user_attrs["mlflow_run_id"]
+    assert repro[0].data.metrics["reproduce/max_abs_diff"] <= 1e-6
+
+
+def test_reproduce_refuses_a_changed_dataset_unless_forced(swept, capsys) -> None:
+    root, _ = swept
+    study = ensure_study_exists(resolve_locations({"run_dir": str(root / "runs")}), "repro")
+    run_id = study.trials[0].user_attrs["mlflow_run_id"]
+    client = MlflowClient(resolve_locations({"run_dir": str(root / "runs")}).mlflow_uri)
+    client.set_tag(run_id, "data.fingerprint", "0" * 64)  # as if the data had changed since the trial
+    capsys.readouterr()
+    assert main(["reproduce", run_id, *storage_args(root)]) == 2
+    err = capsys.readouterr().err
+    assert "dataset 'digits' changed since run" in err and "--force" in err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["reproduce", "0123456789abcdef"], "no MLflow run with id 0123456789abcdef"),
+    (["best", "--study", "nope"], "no study 'nope'"),
+])
+def test_reproduce_and_best_errors_are_one_line(swept, capsys, args: list[str], message: str) -> None:
+    root, _ = swept
+    assert main([*args, *storage_args(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_reproduce_refuses_a_run_that_is_not_a_trial(swept, capsys) -> None:
+    root, _ = swept
+    study = ensure_study_exists(resolve_locations({"run_dir": str(root / "runs")}), "repro")
+    assert main(["reproduce", study.user_attrs["mlflow_parent_run_id"], *storage_args(root)]) == 2
+    assert "is not a trial" in capsys.readouterr().err
+
+
+def test_evaluate_logs_test_metrics_on_a_run_linked_to_the_study(swept) -> None:
+    root, _ = swept
+    assert main(["evaluate", "--study", "repro", "--register", "repro-cnn", *storage_args(root)]) == 0
+    loc = resolve_locations({"run_dir": str(root / "runs")})
+    client = MlflowClient(loc.mlflow_uri)
+    exp = client.get_experiment_by_name("repro")
+    run = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.ROLE}` = 'evaluation'")[0]
+    assert 0.0 <= run.data.metrics["test/acc"] <= 1.0
+    assert "test/acc_class/7" in run.data.metrics
+    assert run.data.tags["mlflow.parentRunId"] == ensure_study_exists(loc, "repro").user_attrs["mlflow_parent_run_id"]
+    assert client.search_model_versions("name = 'repro-cnn'")
+
+
+def test_registered_model_predicts_like_the_in_memory_model_on_raw_images(swept) -> None:
+    root, overrides = swept
+    cfg = compose_config([*overrides, "trainer.max_epochs=1"])
+    run = train_and_track(cfg, registered_name="repro-registry")
+    mlflow.set_tracking_uri(resolve_locations(cfg.tracking).mlflow_uri)
+    loaded = mlflow.pytorch.load_model("models:/repro-registry/latest")
+    raw = run.data.test.images[:64]  # uint8 pixels, as a caller would pass them: normalisation is inside
+    with torch.no_grad():
+        expected = run.result.model(raw).argmax(1)
+        assert torch.equal(loaded(raw).argmax(1), expected)
+    pyfunc = mlflow.pyfunc.load_model("models:/repro-registry/latest")
+    assert torch.equal(torch.as_tensor(pyfunc.predict(raw.numpy())).argmax(1), expected)
