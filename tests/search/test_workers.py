@@ -1,0 +1,64 @@
+"""Several worker processes on one study: local journal storage, and PostgreSQL as across machines."""
+
+from __future__ import annotations
+
+import os
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+
+from search import tracking
+from search.storage import resolve_locations
+from search.sweep import ensure_study_exists, prepare_sweep, run_sweep
+
+
+def check_shared_study(cfg, n_trials: int) -> None:
+    """Every trial ran once, under one parent run, with one MLflow child run each."""
+    loc = resolve_locations(cfg.tracking)
+    study = ensure_study_exists(loc, str(cfg.search.study_name))
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state.is_finished()]
+    assert len(finished) == len(trials)
+    assert n_trials <= len(trials) <= n_trials + int(cfg.search.n_workers) - 1  # a worker may start one last trial
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    assert len({t.user_attrs["mlflow_run_id"] for t in trials}) == len(trials)
+    client = MlflowClient(loc.mlflow_uri)
+    exp = client.get_experiment_by_name(str(cfg.tracking.experiment_name))
+    parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.ROLE}` = 'parent'")
+    kids = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.ROLE}` = 'trial'")
+    assert len(parents) == 1
+    assert {k.data.tags["mlflow.parentRunId"] for k in kids} == {parents[0].info.run_id}
+    assert len(kids) == len(trials)
+
+
+@pytest.mark.slow
+def test_two_local_workers_share_the_journal_study(tiny_cfg) -> None:
+    cfg = tiny_cfg("search.n_workers=2", "search.n_trials=4", "pruner=none", study="workers")
+    run_sweep(prepare_sweep(cfg), Console(quiet=True))
+    check_shared_study(cfg, 4)
+
+
+@pytest.mark.postgres
+def test_workers_share_a_postgres_study_and_the_password_is_masked(tiny_cfg) -> None:
+    url = os.environ.get("CONVSWEEP_TEST_PG")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CONVSWEEP_TEST_PG is unset in CI: .ci/run should start PostgreSQL and export it")
+        pytest.skip("set CONVSWEEP_TEST_PG=postgresql://user:pass@127.0.0.1/db to run")
+    study_name = f"pg-{os.getpid()}"
+    cfg = tiny_cfg("search.n_workers=2", "search.n_trials=3", "pruner=none", f"tracking.optuna_storage={url}",
+                   study=study_name)
+    try:
+        run_sweep(prepare_sweep(cfg), Console(quiet=True))
+        check_shared_study(cfg, 3)
+        loc = resolve_locations(cfg.tracking)
+        client = MlflowClient(loc.mlflow_uri)
+        parent = client.search_runs([client.get_experiment_by_name(study_name).experiment_id],
+                                    filter_string=f"tags.`{tracking.ROLE}` = 'parent'")[0]
+        password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
+        logged = " ".join([*parent.data.tags.values(), *parent.data.params.values()])
+        assert "storage.optuna_storage" in parent.data.tags and password not in logged and ":***@" in logged
+    finally:
+        optuna.delete_study(study_name=study_name, storage=url)
