@@ -78,8 +78,8 @@ def serve_ui(cfg: Any, host: str = "127.0.0.1", port: int = 5000, optuna_port: i
     for name, p in ports.items():
         _check_port_free(host, p, name)
     loc = resolve_locations(cfg.tracking)
-    exp = _study_experiment(loc, str(cfg.tracking.experiment_name))
     dashboard = _optuna_dashboard_exe(loc) if optuna_port is not None else None
+    exp = _study_experiment(loc, str(cfg.tracking.experiment_name))  # seconds: imports MLflow, opens the store
     browse_host = _browse_host(host)
 
     servers: list[_Server] = []
@@ -103,8 +103,8 @@ def serve_ui(cfg: Any, host: str = "127.0.0.1", port: int = 5000, optuna_port: i
             for server in servers:
                 _wait_until_up(server, deadline)
             if exp is not None:
-                console.print(f"MLflow UI: http://{browse_host}:{port}/#/experiments/{exp.experiment_id} "
-                              f"(experiment {exp.name})", soft_wrap=True)
+                console.print(f"MLflow UI: http://{browse_host}:{port}/#/experiments/{exp.experiment_id}/runs"
+                              f"?workflowType=machine_learning (experiment {exp.name})", soft_wrap=True)
             else:
                 console.print(f"MLflow UI: http://{browse_host}:{port}/ (no experiment named "
                               f"{cfg.tracking.experiment_name}; pick one from the list)", soft_wrap=True)
