@@ -101,8 +101,11 @@ def filter_figure(grid: FilterGrid) -> Figure:
 def block_activations(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
     """Each conv block's output (B, C, H, W) for `images`, captured by forward hooks on `model.blocks`."""
     outputs: list[torch.Tensor] = []
-    hooks = [block.register_forward_hook(lambda _m, _i, out: outputs.append(out.detach().to("cpu", torch.float32, copy=True)))
-             for block in model.blocks]
+
+    def keep(_module: nn.Module, _inputs: Any, out: torch.Tensor) -> None:
+        outputs.append(out.detach().to("cpu", torch.float32, copy=True))  # a copy: later in-place ops can't alter it
+
+    hooks = [block.register_forward_hook(keep) for block in model.blocks]
     try:
         model.eval()(images.to(next(model.parameters()).device))
     finally:
@@ -156,6 +159,11 @@ def confusion_matrix_image(confusion: torch.Tensor | np.ndarray, class_names: Se
     return fig
 
 
+def misclassified_indices(labels: torch.Tensor, preds: torch.Tensor, max_n: int) -> list[int]:
+    """Positions of the first `max_n` images whose prediction is wrong, in split order."""
+    return (labels != preds).nonzero().flatten()[:max_n].tolist()
+
+
 def misclassified_grid(images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor,
                        class_names: Sequence[str], max_n: int = MAX_MISCLASSIFIED) -> Figure | None:
     """The first `max_n` misclassified images, each titled "true → pred"; None if there are none.
@@ -164,7 +172,7 @@ def misclassified_grid(images: torch.Tensor, labels: torch.Tensor, preds: torch.
         images: (N, C, H, W) uint8 or float in [0, 1].
         labels, preds: (N,) class indices.
     """
-    wrong = (labels != preds).nonzero().flatten()[:max_n].tolist()
+    wrong = misclassified_indices(labels, preds, max_n)
     if not wrong:
         return None
     rows, cols = _grid_shape(len(wrong))
@@ -187,9 +195,10 @@ def _split_images(split: Split, indices: Sequence[int]) -> torch.Tensor:
 
 
 def _misclassified_view(data: ImageData, evaluation: dict[str, Any]) -> Figure:
+    """Reads only the misclassified images, so a lazy (on-disk) validation split is not loaded whole."""
     labels, preds = evaluation["labels"], evaluation["preds"]
-    wrong = (labels != preds).nonzero().flatten()[:MAX_MISCLASSIFIED]
-    fig = misclassified_grid(_split_images(data.val, wrong.tolist()), labels[wrong], preds[wrong], data.class_names)
+    wrong = misclassified_indices(labels, preds, MAX_MISCLASSIFIED)
+    fig = misclassified_grid(_split_images(data.val, wrong), labels[wrong], preds[wrong], data.class_names)
     if fig is None:
         raise ViewSkipped("every validation image is classified correctly")
     return fig

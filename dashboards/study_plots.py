@@ -17,6 +17,7 @@ import numpy as np
 import optuna
 from matplotlib import pyplot as plt
 from optuna.exceptions import ExperimentalWarning
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as optuna_mpl
 
@@ -29,21 +30,16 @@ BLOCK_PARAM = re.compile(r"block\d+\.")  # conditional per-block params: `block2
 
 @dataclass(frozen=True)
 class _Plot:
-    """One view's optuna plot functions and the arguments both backends share."""
+    """One view: the optuna function, named alike in both backends, and the arguments both take."""
 
-    mpl: Callable[..., Any]
-    plotly: Callable[..., Any]
+    function: str  # e.g. "plot_slice": optuna.visualization.matplotlib.plot_slice and optuna.visualization.plot_slice
     kwargs: dict[str, Any] = field(default_factory=dict)
     figsize: tuple[float, float] = (WIDTH_IN, HEIGHT_IN)  # inches; optuna's slice takes half the width per panel
     ylabel: str | None = None  # set where optuna takes no target name
 
 
-def _completed(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-
-
 def _require_completed(study: optuna.Study, n: int) -> list[FrozenTrial]:
-    trials = _completed(study)
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(trials) < n:
         raise ViewSkipped(f"needs at least {n} completed trial(s), the study has {len(trials)}")
     return trials
@@ -61,14 +57,17 @@ def _param_names(trials: list[FrozenTrial]) -> set[str]:
 
 def _history(study: optuna.Study, metric: str) -> _Plot:
     _require_completed(study, 1)
-    return _Plot(optuna_mpl.plot_optimization_history, optuna.visualization.plot_optimization_history,
-                 _target(study, metric))
+    return _Plot("plot_optimization_history", _target(study, metric))
 
 
 def _importances(study: optuna.Study, metric: str) -> _Plot:
+    """PedANOVA, optuna's default, ranks params by how they reach *low* values of a custom target, so a
+    maximised first objective is negated: "important" then means what it means in a single-objective study."""
     _require_completed(study, 2)
-    return _Plot(optuna_mpl.plot_param_importances, optuna.visualization.plot_param_importances,
-                 _target(study, metric))
+    kwargs = _target(study, metric)
+    if kwargs["target"] is not None and study.directions[0] == StudyDirection.MAXIMIZE:
+        kwargs["target"] = lambda t: -t.values[0]
+    return _Plot("plot_param_importances", kwargs)
 
 
 def _parallel(study: optuna.Study, metric: str) -> _Plot:
@@ -77,15 +76,14 @@ def _parallel(study: optuna.Study, metric: str) -> _Plot:
     params = sorted(n for n in names if BLOCK_PARAM.match(n) or n == "depth")
     if not any(BLOCK_PARAM.match(n) for n in params):
         raise ViewSkipped("no per-block params (block<i>.*) in the completed trials")
-    return _Plot(optuna_mpl.plot_parallel_coordinate, optuna.visualization.plot_parallel_coordinate,
-                 {"params": params, **_target(study, metric)}, figsize=(max(WIDTH_IN, PANEL_IN * (len(params) + 1)), HEIGHT_IN))
+    return _Plot("plot_parallel_coordinate", {"params": params, **_target(study, metric)},
+                 figsize=(max(WIDTH_IN, PANEL_IN * (len(params) + 1)), HEIGHT_IN))
 
 
 def _intermediate(study: optuna.Study, metric: str) -> _Plot:
     if not any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
         raise ViewSkipped("no trial reported intermediate values")
-    return _Plot(optuna_mpl.plot_intermediate_values, optuna.visualization.plot_intermediate_values,
-                 ylabel=metric)
+    return _Plot("plot_intermediate_values", ylabel=metric)
 
 
 def _slice(study: optuna.Study, metric: str) -> _Plot:
@@ -94,8 +92,7 @@ def _slice(study: optuna.Study, metric: str) -> _Plot:
     params = sorted(n for n in names if not BLOCK_PARAM.match(n)) or sorted(names)
     if not params:
         raise ViewSkipped("the completed trials have no params")
-    return _Plot(optuna_mpl.plot_slice, optuna.visualization.plot_slice,
-                 {"params": params, **_target(study, metric)}, figsize=(2 * PANEL_IN, HEIGHT_IN))
+    return _Plot("plot_slice", {"params": params, **_target(study, metric)}, figsize=(2 * PANEL_IN, HEIGHT_IN))
 
 
 def _pareto(study: optuna.Study, metric: str) -> _Plot:
@@ -103,7 +100,7 @@ def _pareto(study: optuna.Study, metric: str) -> _Plot:
         raise ViewSkipped("single-objective study: no Pareto front")
     _require_completed(study, 1)
     names = study.metric_names or [metric] + [f"objective {i}" for i in range(1, len(study.directions))]
-    return _Plot(optuna_mpl.plot_pareto_front, optuna.visualization.plot_pareto_front, {"target_names": names})
+    return _Plot("plot_pareto_front", {"target_names": names})
 
 
 VIEWS: dict[str, Callable[[optuna.Study, str], _Plot]] = {
@@ -123,11 +120,12 @@ def _draw(name: str, plot: _Plot, study: optuna.Study, out_dir: Path) -> list[Pa
     with warnings.catch_warnings(), plt.rc_context({"figure.figsize": plot.figsize,
                                                     "figure.constrained_layout.use": True}):
         warnings.simplefilter("ignore", ExperimentalWarning)
-        axes = np.ravel(plot.mpl(study, **plot.kwargs))
+        warnings.filterwarnings("ignore", "PedAnovaImportanceEvaluator computes", UserWarning)  # see _importances
+        axes = np.ravel(getattr(optuna_mpl, plot.function)(study, **plot.kwargs))
         if plot.ylabel:
             axes[0].set_ylabel(plot.ylabel)
         png = save_png(axes[0].figure, out_dir / f"{name}.png")
-        figure = plot.plotly(study, **plot.kwargs)
+        figure = getattr(optuna.visualization, plot.function)(study, **plot.kwargs)
     if plot.ylabel:
         figure.update_yaxes(title_text=plot.ylabel)
     html = out_dir / f"{name}.html"

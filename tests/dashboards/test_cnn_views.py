@@ -110,7 +110,7 @@ def test_log_cnn_views_logs_every_view(tiny_data: Callable[..., ImageData], tiny
                                        mlflow_client: object, run_id: str, tmp_path: Path,
                                        listed: Callable[[str], set[str]],
                                        read_artifact: Callable[[str], str]) -> None:
-    data = tiny_data()
+    data = tiny_data(n=12)
 
     paths = log_cnn_views(mlflow_client, run_id, tiny_net(data), data, tmp_path / "work")
 
@@ -131,7 +131,7 @@ def test_log_cnn_views_notes_views_it_cannot_draw(tiny_data: Callable[..., Image
     def broken(model: torch.nn.Module) -> None:
         raise RuntimeError("boom")
 
-    data = tiny_data()
+    data = tiny_data(n=12)
     net = tiny_net(data)
     data.val.labels = evaluate_model(net, data.val, data.num_classes)["preds"]  # the net is now always right
     monkeypatch.setattr(cnn_views, "filter_grid", broken)

@@ -26,8 +26,9 @@ def test_rows_are_the_best_completed_trials_best_first(sweep_study: optuna.Study
     assert [r["rank"] for r in rows] == [1, 2, 3]
     best = sweep_study.best_trial
     assert rows[0]["number"] == best.number
-    assert rows[0]["depth"] == best.params["depth"]
-    assert rows[0]["filters"] == "-".join(str(best.params[f"block{i}.filters"]) for i in range(1, best.params["depth"] + 1))
+    depth = best.params["depth"]
+    assert rows[0]["depth"] == depth
+    assert rows[0]["filters"] == "-".join(str(best.params[f"block{i}.filters"]) for i in range(1, depth + 1))
     assert rows[0]["params_count"] == best.user_attrs["params_count"]
     assert rows[0]["duration_s"] == best.user_attrs["duration_s"]
     assert rows[0]["mlflow_run_id"] == f"run-{best.number:03d}"

@@ -17,6 +17,7 @@ from dashboards.figures import DPI, PlotOutcome
 from dashboards.study_plots import VIEWS, log_study_plots, make_study_plots
 
 SINGLE_OBJECTIVE_VIEWS = set(VIEWS) - {"pareto_front"}
+SweepPlots = tuple[optuna.Study, dict[str, PlotOutcome]]
 
 
 def _by_name(outcomes: list[PlotOutcome]) -> dict[str, PlotOutcome]:
@@ -42,7 +43,7 @@ def _assert_drawn(outcome: PlotOutcome) -> None:
 
 @pytest.fixture(scope="module")
 def sweep_plots(make_study: Callable[..., optuna.Study],
-                tmp_path_factory: pytest.TempPathFactory) -> tuple[optuna.Study, dict[str, PlotOutcome]]:
+                tmp_path_factory: pytest.TempPathFactory) -> SweepPlots:
     """One pruned sweep drawn once for the read-only tests below (drawing all views takes seconds).
 
     Optuna's ExperimentalWarning is an error here: a leaked one would turn a view into a failure note.
@@ -54,7 +55,7 @@ def sweep_plots(make_study: Callable[..., optuna.Study],
     return study, _by_name(outcomes)
 
 
-def test_a_pruned_sweep_gets_every_single_objective_view(sweep_plots: tuple[optuna.Study, dict[str, PlotOutcome]]) -> None:
+def test_a_pruned_sweep_gets_every_single_objective_view(sweep_plots: SweepPlots) -> None:
     _, outcomes = sweep_plots
 
     assert list(outcomes) == list(VIEWS)
@@ -65,7 +66,7 @@ def test_a_pruned_sweep_gets_every_single_objective_view(sweep_plots: tuple[optu
     assert outcomes["pareto_front"].paths == ()
 
 
-def test_value_axes_carry_the_metric_name(sweep_plots: tuple[optuna.Study, dict[str, PlotOutcome]]) -> None:
+def test_value_axes_carry_the_metric_name(sweep_plots: SweepPlots) -> None:
     _, outcomes = sweep_plots
 
     for name in ("optimization_history", "intermediate_values", "slice", "parallel_coordinate"):
@@ -73,7 +74,7 @@ def test_value_axes_carry_the_metric_name(sweep_plots: tuple[optuna.Study, dict[
 
 
 def test_parallel_coordinates_include_params_only_deep_trials_have(
-        sweep_plots: tuple[optuna.Study, dict[str, PlotOutcome]]) -> None:
+        sweep_plots: SweepPlots) -> None:
     study, outcomes = sweep_plots
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     depths = {t.params["depth"] for t in complete}
@@ -83,7 +84,13 @@ def test_parallel_coordinates_include_params_only_deep_trials_have(
     assert f"block{max(depths)}.filters" in page and "depth" in page
 
 
-def test_multi_objective_study_gets_a_pareto_front(multi_objective_study: optuna.Study, tmp_path: Path) -> None:
+def test_multi_objective_study_gets_a_pareto_front(multi_objective_study: optuna.Study, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three views, for speed: parallel coordinates and slices take the first objective through the same
+    `_target` as the history, and the importances have their own test below."""
+    views = ("pareto_front", "optimization_history", "intermediate_values")
+    monkeypatch.setattr(study_plots, "VIEWS", {name: VIEWS[name] for name in views})
+
     outcomes = _by_name(make_study_plots(multi_objective_study, "val/acc", tmp_path))
 
     _assert_drawn(outcomes["pareto_front"])
@@ -94,7 +101,7 @@ def test_multi_objective_study_gets_a_pareto_front(multi_objective_study: optuna
 def test_a_study_without_completed_trials_skips_every_view(make_study: Callable[..., optuna.Study],
                                                            tmp_path: Path) -> None:
     """The other degenerate cases: one completed trial in the logging test, no intermediate values in the
-    multi-objective one."""
+    multi-objective one, a view that raises below."""
     outcomes = _by_name(make_study_plots(make_study(n_trials=0), "val/acc", tmp_path))
 
     assert all(o.skipped and not o.paths for o in outcomes.values())
@@ -117,11 +124,16 @@ def test_a_view_that_breaks_is_noted_and_the_others_are_drawn(sweep_study: optun
 def test_log_study_plots_uploads_pictures_pages_and_notes(make_study: Callable[..., optuna.Study],
                                                           mlflow_client: object, run_id: str, tmp_path: Path,
                                                           listed: Callable[[str], set[str]],
-                                                          read_artifact: Callable[[str], str]) -> None:
+                                                          read_artifact: Callable[[str], str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """One completed trial: enough for some views, too few for importances. Three views keep it quick."""
+    views = ("optimization_history", "param_importances", "pareto_front")
+    monkeypatch.setattr(study_plots, "VIEWS", {name: VIEWS[name] for name in views})
+
     outcomes = log_study_plots(mlflow_client, run_id, make_study(n_trials=1), "val/acc", tmp_path / "work")
 
     drawn = {f"plots/{o.name}.{ext}" for o in outcomes if not o.skipped for ext in ("png", "html")}
-    assert "plots/parallel_coordinate.html" in drawn
+    assert drawn == {"plots/optimization_history.png", "plots/optimization_history.html"}
     assert listed("plots") == drawn | {"plots/notes.txt"}
     assert read_artifact("plots/notes.txt") == (
         "param_importances: needs at least 2 completed trial(s), the study has 1\n"
@@ -139,3 +151,17 @@ def test_logging_again_replaces_the_earlier_files(make_study: Callable[..., optu
     log_study_plots(client, "run", make_study(n_trials=0), "val/acc", tmp_path)
 
     assert client.files == ["notes.txt"]
+
+
+def test_multi_objective_importances_rank_params_as_a_single_objective_study_would(
+        multi_objective_study: optuna.Study) -> None:
+    single = optuna.create_study(direction="maximize")
+    for t in multi_objective_study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        single.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=t.values[0]))
+    target = study_plots.VIEWS["param_importances"](multi_objective_study, "val/acc").kwargs["target"]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # optuna warns whenever a custom target is given
+        ranked = optuna.importance.get_param_importances(multi_objective_study, target=target)
+
+    assert list(ranked) == list(optuna.importance.get_param_importances(single))
