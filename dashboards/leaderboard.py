@@ -48,10 +48,15 @@ def leaderboard(study: optuna.Study, metric: str, k: int = 10) -> list[dict[str,
         Rows with rank, number, value, metric, depth, filters ("16-32-64"), params_count,
         duration_s and mlflow_run_id (None where the trial did not record one).
     """
+    return [{**_row(rank, t), "metric": metric} for rank, t in enumerate(ranked_trials(study, k), start=1)]
+
+
+def ranked_trials(study: optuna.Study, k: int) -> list[FrozenTrial]:
+    """The k best completed trials, best first by the study's (first) direction."""
     maximize = study.directions[0] == StudyDirection.MAXIMIZE
     done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
                   key=lambda t: t.values[0], reverse=maximize)
-    return [{**_row(rank, t), "metric": metric} for rank, t in enumerate(done[:k], start=1)]
+    return done[:k]
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:

@@ -15,18 +15,10 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from dashboards.cnn_views import log_cnn_views
-from dashboards.leaderboard import leaderboard, leaderboard_table
+from dashboards.leaderboard import leaderboard, leaderboard_table, ranked_trials
 from dashboards.study_plots import log_study_plots
 from lightning_modules.data import ImageData, load_dataset
 from lightning_modules.errors import ConvsweepError
-
-TS = optuna.trial.TrialState
-
-
-def top_trials(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
-    """The k best completed trials, best first."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TS.COMPLETE,)) if t.value is not None]
-    return sorted(done, key=lambda t: t.value, reverse=study.direction == optuna.study.StudyDirection.MAXIMIZE)[:k]
 
 
 def log_sweep_views(study: optuna.Study, client: Any, parent_run_id: str, metric: str, data: ImageData,
@@ -39,7 +31,7 @@ def log_sweep_views(study: optuna.Study, client: Any, parent_run_id: str, metric
         skipped = [f"{o.name} ({o.skipped})" for o in outcomes if o.skipped]
         if skipped:
             console.print(f"plots skipped: {'; '.join(skipped)}")
-        for trial in top_trials(study, top_k):
+        for trial in ranked_trials(study, top_k):
             uri, run_id = trial.user_attrs.get("model_uri"), trial.user_attrs.get("mlflow_run_id")
             if not uri or not run_id:
                 console.print(f"CNN views skipped for trial {trial.number}: no logged model (search.log_models=all logs every one)")
@@ -62,7 +54,7 @@ def report(cfg: DictConfig, console: Console) -> int:
         raise ConvsweepError(f"study '{study.study_name}' has no MLflow parent run; was it made by `convsweep sweep`?")
     rows = leaderboard(study, metric, 10)
     console.print(leaderboard_table(rows, metric, f"leaderboard: {study.study_name}"))
-    best = top_trials(study, 1)
+    best = ranked_trials(study, 1)
     data = load_dataset(trial_config(best[0], cfg).dataset) if best else None
     client = init_mlflow(loc)
     if data is None:

@@ -171,9 +171,7 @@ def run_sweep(plan: SweepPlan, console: Console | None = None) -> SweepSummary:
                 proc.join()
             if any(p.exitcode for p in procs):
                 raise ConvsweepError(f"{sum(bool(p.exitcode) for p in procs)} worker process(es) failed; see the messages above")
-        from dashboards.report import log_sweep_views
-
-        log_sweep_views(study, client, parent_id, metric, plan.data, int(cfg.search.top_k_views), console)
+        _log_views(study, client, parent_id, plan, console)
     except KeyboardInterrupt:
         status = "KILLED"
         console.print(f"interrupted: finished trials are kept; run the same command to resume study {study.study_name}")
@@ -181,6 +179,18 @@ def run_sweep(plan: SweepPlan, console: Console | None = None) -> SweepSummary:
     finally:
         client.set_terminated(parent_id, status=status)
     return _summarize(study, first, parent_id, loc, resumed)
+
+
+def _log_views(study: optuna.Study, client: Any, parent_id: str, plan: SweepPlan, console: Console) -> None:
+    """Sweep-end pictures; a storage error here must not turn a finished sweep into a failed command."""
+    from dashboards.report import log_sweep_views
+
+    try:
+        log_sweep_views(study, client, parent_id, str(plan.cfg.search.metric), plan.data,
+                        int(plan.cfg.search.top_k_views), console)
+    except Exception as exc:  # the trials are recorded already; the views can be redrawn
+        console.print(f"[yellow]warning:[/] sweep views not logged ({type(exc).__name__}: {exc}); "
+                      f"retry with: convsweep report --study {study.study_name}")
 
 
 def _start_workers(cfg: DictConfig, parent_id: str, exp_id: str, n: int, target: int) -> list:
