@@ -117,3 +117,24 @@ def test_registered_model_predicts_like_the_in_memory_model_on_raw_images(swept)
         assert torch.equal(loaded(raw).argmax(1), expected)
     pyfunc = mlflow.pyfunc.load_model("models:/repro-registry/latest")
     assert torch.equal(torch.as_tensor(pyfunc.predict(raw.numpy())).argmax(1), expected)
+
+
+def test_sweep_end_views_and_report(swept, capsys) -> None:
+    root, _ = swept
+    loc = resolve_locations({"run_dir": str(root / "runs")})
+    study = ensure_study_exists(loc, "repro")
+    client = MlflowClient(loc.mlflow_uri)
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    best_run = study.best_trial.user_attrs["mlflow_run_id"]
+
+    def listed(run_id: str, folder: str) -> set[str]:
+        return {a.path for a in client.list_artifacts(run_id, folder)}
+
+    assert {"plots/optimization_history.png", "plots/optimization_history.html",
+            "plots/intermediate_values.png"} <= listed(parent, "plots")
+    assert {"cnn/filters.png", "cnn/activations.png", "cnn/confusion_matrix.png"} <= listed(best_run, "cnn")
+    capsys.readouterr()
+    assert main(["report", "--study", "repro", *storage_args(root)]) == 0
+    out = capsys.readouterr().out
+    assert "leaderboard: repro" in out and str(study.best_trial.number) in out
+    assert "plots/parallel_coordinate.png" in listed(parent, "plots")
