@@ -23,7 +23,8 @@ class ConvNetModule(LightningModule):
         super().__init__()
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.optim, self.max_epochs, self.channels_last = optim, max_epochs, channels_last
-        self._sums: dict[str, torch.Tensor] = {}
+        self._sums: dict[str, torch.Tensor] = {}  # stage -> (loss x samples, correct), summed on the device
+        self._counts: dict[str, int] = {}  # stage -> samples; kept on the host, where it is known for free
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -31,13 +32,16 @@ class ConvNetModule(LightningModule):
         return self.net(x)
 
     def _accumulate(self, stage: str, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
-        """Sum loss and correct predictions on the device; no .item() per step."""
-        n = torch.tensor(float(y.numel()), device=loss.device)
-        batch = torch.stack([loss.detach().float() * n, (logits.argmax(1) == y).sum().float(), n])
+        """Sum loss and correct predictions on the device: no .item(), and no tensor made from a host
+        number, which on CUDA is a blocking copy, i.e. a host sync every step."""
+        n = y.numel()
+        batch = torch.stack([loss.detach().float() * n, (logits.argmax(1) == y).sum().float()])
         self._sums[stage] = self._sums[stage] + batch if stage in self._sums else batch
+        self._counts[stage] = self._counts.get(stage, 0) + n
 
     def _epoch_metrics(self, stage: str) -> dict[str, torch.Tensor]:
-        loss_sum, correct, n = self._sums.pop(stage)
+        loss_sum, correct = self._sums.pop(stage)
+        n = self._counts.pop(stage)
         return {f"{stage}/loss": loss_sum / n, f"{stage}/acc": correct / n}
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
