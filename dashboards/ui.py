@@ -74,6 +74,8 @@ def serve_ui(cfg: Any, host: str = "127.0.0.1", port: int = 5000, optuna_port: i
         from rich.console import Console
 
         console = Console(highlight=False)
+    if optuna_port == port:
+        raise ConvsweepError(f"--port and --optuna-port are both {port}; give optuna-dashboard another port")
     ports = {"MLflow UI": port} | ({"optuna-dashboard": optuna_port} if optuna_port is not None else {})
     for name, p in ports.items():
         _check_port_free(host, p, name)
