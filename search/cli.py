@@ -44,9 +44,15 @@ def ui_hint(cfg: Any) -> str:
     """The command that opens the MLflow UI on this config's store."""
     from search.storage import resolve_locations
 
+    from search.config import compose_config
+
     loc = resolve_locations(cfg.tracking)
-    default = resolve_locations({"run_dir": "./convsweep-runs"})
-    return "convsweep ui" if loc == default else f"convsweep ui tracking.run_dir={loc.run_dir}"
+    hint = "convsweep ui"
+    if str(cfg.search.study_name) != str(compose_config([]).search.study_name):
+        hint += f" --study {cfg.search.study_name}"
+    if loc != resolve_locations({"run_dir": "./convsweep-runs"}):
+        hint += f" tracking.run_dir={loc.run_dir}"
+    return hint
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -174,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-on-val", action="store_true", help="train on train+val before the test evaluation")
     p.add_argument("--register", metavar="NAME", help="register the trained model in the MLflow Model Registry")
     add("report", cmd_report, "regenerate the sweep plots and print the leaderboard", study=True)
-    p = add("ui", cmd_ui, "open the MLflow UI (and optionally optuna-dashboard) on the sweep's stores")
+    p = add("ui", cmd_ui, "open the MLflow UI (and optionally optuna-dashboard) on the sweep's stores", study=True)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_UI_PORT, help=f"MLflow UI port (default {DEFAULT_UI_PORT})")
     p.add_argument("--optuna", action="store_true", help="also start optuna-dashboard on the Optuna storage")

@@ -54,6 +54,6 @@ def test_sweep_prints_results_and_the_ui_command(tmp_path: Path) -> None:
     out = convsweep("sweep", *tiny_overrides(run_dir, "cli", "search.n_trials=2"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"results: {run_dir}" in out.stdout
-    assert f"convsweep ui tracking.run_dir={run_dir}" in out.stdout
+    assert f"convsweep ui --study cli tracking.run_dir={run_dir}" in out.stdout
     assert "leaderboard: cli" in out.stdout
     assert (run_dir / "optuna-journal.log").is_file() and (run_dir / "mlflow.db").is_file()
