@@ -188,5 +188,16 @@ def safe_instantiate(node: DictConfig, **kwargs: Any) -> Any:
     return instantiate(node, **kwargs)
 
 
+SECRET_URIS = ("optuna_storage", "mlflow_uri", "artifact_location")  # keys under `tracking:` that may hold a password
+
+
 def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)
+    """The resolved config as YAML with passwords in the tracking URIs masked: safe to log or write."""
+    from search.storage import mask_uri
+
+    data = OmegaConf.to_container(cfg, resolve=True)
+    tracking = data.get("tracking") if isinstance(data, dict) else None
+    for key in SECRET_URIS if isinstance(tracking, dict) else ():
+        if tracking.get(key):
+            tracking[key] = mask_uri(tracking[key])
+    return OmegaConf.to_yaml(data)

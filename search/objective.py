@@ -18,6 +18,7 @@ from lightning_modules.data import ImageData
 from lightning_modules.network import ArchitectureError, plan_convnet
 from lightning_modules.runner import EpochHistory, TrainResult, train_model
 from search import tracking
+from search.config import to_yaml
 from search.environment import environment_record
 from search.space import SearchSpace
 from search.storage import Locations
@@ -87,7 +88,7 @@ def make_objective(ctx: SweepContext):  # noqa: ANN201 - returns the objective c
             client, ctx.experiment_id, ctx.parent_run_id, f"trial-{trial.number:03d}", "trial",
             params={**run_params(trial.params, arch, optim), "seed": seed},
             tags={tracking.STUDY: trial.study.study_name, tracking.TRIAL: trial.number, **env_tags, **data_tags},
-            config_yaml=OmegaConf.to_yaml(tcfg))
+            config_yaml=to_yaml(tcfg))
         trial.set_user_attr("mlflow_run_id", run_id)
         tracking.log_dataset(client, run_id, data)
         try:

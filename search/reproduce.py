@@ -22,7 +22,7 @@ from lightning_modules.data.base import Split
 from lightning_modules.errors import ConvsweepError
 from lightning_modules.runner import evaluate_model
 from search import tracking
-from search.config import merge_onto_schema
+from search.config import merge_onto_schema, to_yaml
 from search.environment import environment_diff, environment_record
 from search.storage import init_mlflow, resolve_locations
 from search.sweep import ensure_study_exists
@@ -69,7 +69,7 @@ def export_best(cfg: DictConfig, output: str, register: str | None, console: Con
     header = (f"# Best trial {best.number} of study '{study.study_name}': {cfg.search.metric} = {best.values}\n"
               f"# MLflow run {best.user_attrs.get('mlflow_run_id')}. Standalone: no search space is needed.\n"
               f"# Run it with: convsweep train --config-file {Path(output).name}\n")
-    Path(output).write_text(header + OmegaConf.to_yaml(best_cfg))
+    Path(output).write_text(header + to_yaml(best_cfg))
     console.print(f"wrote {output}; train it with: convsweep train --config-file {output}")
     if register:
         uri = best.user_attrs.get("model_uri")

@@ -23,7 +23,7 @@ from lightning_modules.data import ImageData, load_dataset
 from lightning_modules.errors import ConvsweepError
 from lightning_modules.module import METRICS
 from search import tracking
-from search.config import safe_instantiate
+from search.config import safe_instantiate, to_yaml
 from search.objective import SweepContext, make_objective
 from search.progress import Poller, SweepProgress
 from search.space import SearchSpace, parse_space
@@ -155,7 +155,7 @@ def run_sweep(plan: SweepPlan, console: Console | None = None) -> SweepSummary:
         tags={tracking.STUDY: study.study_name, **{f"storage.{k}": v for k, v in loc.describe().items()}})
     study.set_user_attr("mlflow_parent_run_id", parent_id)
     client.log_text(parent_id, OmegaConf.to_yaml(cfg.search_space), "search_space.yaml")
-    client.log_text(parent_id, OmegaConf.to_yaml(cfg), "sweep_config.yaml")
+    client.log_text(parent_id, to_yaml(cfg), "sweep_config.yaml")
     n_trials, n_workers = int(cfg.search.n_trials), int(cfg.search.n_workers)
     target = first + n_trials
     if resumed:

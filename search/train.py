@@ -17,6 +17,7 @@ from lightning_modules.data import ImageData, load_dataset
 from lightning_modules.data.base import Split
 from lightning_modules.runner import EpochHistory, TrainResult, train_model
 from search import tracking
+from search.config import to_yaml
 from search.environment import environment_record
 from search.objective import run_params, summary_metrics
 from search.storage import experiment_id, init_mlflow, resolve_locations
@@ -70,7 +71,7 @@ def train_and_track(cfg: DictConfig, role: str = "train", tags: Mapping[str, Any
     env = {f"env.{k}": v for k, v in environment_record().items()}
     tracking.log_batch(client, run_id, params={**run_params({}, arch, optim), "seed": cfg.seed},
                        tags={**env, "data.name": data.name, "data.fingerprint": data.fingerprint, **(tags or {})})
-    client.log_text(run_id, OmegaConf.to_yaml(cfg), "config.yaml")
+    client.log_text(run_id, to_yaml(cfg), "config.yaml")
     tracking.log_dataset(client, run_id, data)
     history = EpochHistory(metric, direction)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import optuna
 import pytest
@@ -41,7 +42,7 @@ def test_two_local_workers_share_the_journal_study(tiny_cfg) -> None:
 
 
 @pytest.mark.postgres
-def test_workers_share_a_postgres_study_and_the_password_is_masked(tiny_cfg) -> None:
+def test_workers_share_a_postgres_study_and_the_password_is_masked(tiny_cfg, tmp_path: Path) -> None:
     url = os.environ.get("CONVSWEEP_TEST_PG")
     if not url:
         if os.environ.get("CI"):
@@ -61,5 +62,9 @@ def test_workers_share_a_postgres_study_and_the_password_is_masked(tiny_cfg) -> 
         logged = " ".join([*parent.data.tags.values(), *parent.data.params.values()])
         assert "storage.optuna_storage" in parent.data.tags
         assert f":{password}@" not in logged and ":***@" in parent.data.tags["storage.optuna_storage"]
+        for run_id, name in [(parent.info.run_id, "sweep_config.yaml"),
+                             (ensure_study_exists(loc, study_name).trials[0].user_attrs["mlflow_run_id"], "config.yaml")]:
+            text = Path(client.download_artifacts(run_id, name, str(tmp_path))).read_text()
+            assert ":***@" in text and f":{password}@" not in text
     finally:
         optuna.delete_study(study_name=study_name, storage=url)
