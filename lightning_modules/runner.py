@@ -54,7 +54,8 @@ class EpochHistory(Callback):
         best = self.best_value
         if best is None or (value > best if self.maximize else value < best):
             self.best_epoch = len(self.epochs) - 1
-            self.best_state = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
+            net = getattr(pl_module.net, "_orig_mod", pl_module.net)  # trainer.compile wraps it; keep the plain keys
+            self.best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
 @dataclass
