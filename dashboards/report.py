@@ -7,6 +7,7 @@ the logged models) and draws; a view that cannot be made is skipped with a note.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,12 @@ def log_sweep_views(study: optuna.Study, client: Any, parent_run_id: str, metric
     """Study plots on the parent run; filters, activations, confusion matrix, misclassified on the top-k trial runs."""
     import mlflow
 
-    with tempfile.TemporaryDirectory(prefix="convsweep-views-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="convsweep-views-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # optuna/matplotlib remarks on small studies; notes.txt has ours
         outcomes = log_study_plots(client, parent_run_id, study, metric, Path(tmp))
-        skipped = [f"{o.name} ({o.skipped})" for o in outcomes if o.skipped]
+        skipped = [o.name for o in outcomes if o.skipped and not (o.name == "pareto_front" and len(study.directions) == 1)]
         if skipped:
-            console.print(f"plots skipped: {'; '.join(skipped)}")
+            console.print(f"plots skipped (reasons in plots/notes.txt): {', '.join(skipped)}")
         for trial in ranked_trials(study, top_k):
             uri, run_id = trial.user_attrs.get("model_uri"), trial.user_attrs.get("mlflow_run_id")
             if not uri or not run_id:

@@ -95,6 +95,10 @@ def make_objective(ctx: SweepContext):  # noqa: ANN201 - returns the objective c
             plan = plan_convnet(arch, data.input_shape, data.num_classes)
         except ArchitectureError as exc:
             return _reject(client, trial, run_id, str(exc), str(cfg.search.fail_on_collapse))
+        budget = cfg.search.get("max_macs")
+        if budget and plan.macs > float(budget):
+            return _reject(client, trial, run_id, f"{plan.macs / 1e6:.1f}M MACs per image exceeds the budget "
+                           f"search.max_macs={float(budget) / 1e6:g}M", "pruned")
         cost = {"model/params": float(plan.params), "model/macs": float(plan.macs), "model/flops": 2.0 * plan.macs}
         trial.set_user_attr("params_count", plan.params)
         trial.set_user_attr("macs", plan.macs)
@@ -118,7 +122,7 @@ def make_objective(ctx: SweepContext):  # noqa: ANN201 - returns the objective c
 
 
 def _reject(client: Any, trial: optuna.Trial, run_id: str, reason: str, mode: str) -> float:
-    """End a trial whose architecture cannot be built: pruned (default) or failed, reason recorded."""
+    """End a trial whose architecture cannot be built (or is over budget): pruned or failed, reason recorded."""
     trial.set_user_attr("invalid_reason", reason)
     state = "FAIL" if mode == "failed" else "PRUNED"
     tracking.finish_run(client, run_id, state, tags={tracking.REASON: f"invalid architecture: {reason}"})

@@ -95,6 +95,8 @@ def prepare_sweep(cfg: DictConfig) -> SweepPlan:
     safe_instantiate(cfg.pruner)
     if int(cfg.search.n_workers) < 1 or int(cfg.search.n_trials) < 1:
         raise ConvsweepError("search.n_trials and search.n_workers must be >= 1")
+    if cfg.search.get("max_macs") is not None and float(cfg.search.max_macs) <= 0:
+        raise ConvsweepError("search.max_macs must be a positive number of MACs per image, or null for no budget")
     data = load_dataset(cfg.dataset)
     locations = resolve_locations(cfg.tracking)
     if not locations.is_journal:

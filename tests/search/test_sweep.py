@@ -110,3 +110,12 @@ def test_bad_input_fails_before_anything_is_written(tiny_cfg, override: str, mes
     with pytest.raises(ConvsweepError, match=message):
         prepare_sweep(cfg)
     assert not resolve_locations(cfg.tracking).run_dir.exists()
+
+
+def test_compute_budget_prunes_costly_architectures_before_training(tiny_cfg) -> None:
+    cfg = tiny_cfg("search.max_macs=10", "search.n_trials=2")
+    run_sweep(prepare_sweep(cfg), quiet())
+    study = ensure_study_exists(resolve_locations(cfg.tracking), "tiny")
+    assert [t.state for t in study.trials] == [TS.PRUNED] * 2
+    assert all("exceeds the budget search.max_macs" in t.user_attrs["invalid_reason"] for t in study.trials)
+    assert all(not t.intermediate_values for t in study.trials)  # no epoch was trained
