@@ -1,0 +1,117 @@
+"""python benchmarks/startup.py [--repeats 5] [--sweeps 3]
+
+Claims: `convsweep --help` takes at most 1 s and well under half of `python -c 'import torch'`
+(the CLI imports no heavy library before a command needs it); and the time from launching
+`convsweep sweep` to the first trial's first training step is reported, with its phases.
+
+The first training step is detected from the outside, from the Optuna journal file the
+sweep writes (polled every 10 ms): the first trial's creation time is in its CREATE_TRIAL
+record; the first and second epoch reports appear as intermediate values. The first step
+is put at (first report - one epoch), one epoch being (second report - first report); the
+quick config's epoch is 600 images, so the estimate is within a fraction of a second.
+Each sweep runs in a fresh run directory (so MLflow's store migration is included) and is
+stopped once the second report is seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import _common
+
+CREATE_STUDY, CREATE_TRIAL, INTERMEDIATE = 0, 4, 7  # optuna JournalOperation codes
+
+
+def run(cmd: list[str]) -> None:
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def watch_sweep(convsweep: str, run_dir: Path, timeout: float) -> dict[str, float]:
+    """Launch a quick sweep and return seconds from launch to each milestone seen in its journal."""
+    journal = run_dir / "optuna-journal.log"
+    stderr = (run_dir / "stderr.log").open("w")
+    launch = time.time()
+    proc = subprocess.Popen([convsweep, "sweep", "experiment=quick", f"tracking.run_dir={run_dir}"],
+                            stdout=subprocess.DEVNULL, stderr=stderr)
+    seen: dict[str, float] = {}
+    reports: list[float] = []
+    try:
+        while len(reports) < 2 and time.time() - launch < timeout and proc.poll() is None:
+            time.sleep(0.01)
+            now = time.time() - launch
+            if not journal.exists():
+                continue
+            for line in journal.read_text().splitlines():
+                try:
+                    log = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line being written
+                op = log.get("op_code")
+                if op == CREATE_STUDY:
+                    seen.setdefault("study created (polled)", now)
+                elif op == CREATE_TRIAL and "first trial created" not in seen:  # the first record is trial 0
+                    start = datetime.fromisoformat(log["datetime_start"]).timestamp()
+                    seen.setdefault("first trial created", start - launch)
+                elif op == INTERMEDIATE and log.get("trial_id") == 0 and len(reports) == int(log["step"]) < 2:
+                    reports.append(now)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        stderr.close()
+    if len(reports) < 2:
+        raise RuntimeError(f"the sweep reported {len(reports)} epochs before stopping: "
+                           f"{(run_dir / 'stderr.log').read_text()[-2000:]}")
+    seen["first epoch reported (polled)"] = reports[0]
+    seen["first training step (estimated)"] = reports[0] - (reports[1] - reports[0])
+    return seen
+
+
+def main() -> None:
+    p = _common.parser(__doc__)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--sweeps", type=int, default=3, help="sweeps launched to time the first training step")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds one sweep may take to its second epoch")
+    args = p.parse_args()
+    convsweep = shutil.which("convsweep")
+    if convsweep is None:
+        sys.exit("convsweep is not on PATH; install the project: pip install -e '.[dev]'")
+    _common.banner("benchmarks/startup.py", args)
+    times = _common.interleave({
+        "python -c 'import torch'": lambda: run([sys.executable, "-c", "import torch"]),
+        "convsweep --help": lambda: run([convsweep, "--help"]),
+    }, args.repeats).wall
+    medians = _common.report("start-up wall time (s)", times)
+    help_s, torch_s = medians["convsweep --help"], medians["python -c 'import torch'"]
+    print(f"RESULT convsweep --help = {help_s:.2f} s = {help_s / torch_s:.2f}x import torch (targets <= 1 s, well under 0.5x)")
+
+    if args.sweeps < 1:
+        return
+    milestones: dict[str, list[float]] = {}
+    for _ in range(args.sweeps):
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, seconds in watch_sweep(convsweep, Path(tmp), args.timeout).items():
+                milestones.setdefault(name, []).append(seconds)
+    print("\nconvsweep sweep experiment=quick (fresh run dir), seconds from launch:")
+    for name, values in sorted(milestones.items(), key=lambda kv: _common.median(kv[1])):
+        print(f"  {name:<34} median {_common.median(values):6.2f}  ({', '.join(f'{v:.2f}' for v in values)})")
+    first_step = _common.median(milestones["first training step (estimated)"])
+    print(f"RESULT launch -> first training step = {first_step:.1f} s = {first_step / torch_s:.1f}x import torch")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    main()
