@@ -57,7 +57,7 @@ def raw_loop(data: ImageData, arch: ArchSpec, optim: OptimSpec, epochs: int, see
                 correct += (net(x).argmax(1) == y).sum()
         acc = float(correct) / len(data.val)  # one host sync per epoch
         if acc > best:
-            best, best_state = acc, {k: v.detach().clone() for k, v in net.state_dict().items()}
+            best, _ = acc, {k: v.detach().clone() for k, v in net.state_dict().items()}  # the copy EpochHistory makes
     return best
 
 

@@ -96,7 +96,7 @@ def main() -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study.optimize(timed_objective, n_trials=args.trials)
 
-    print(f"\nonce per sweep (not counted below): " + ", ".join(f"{k} {v:.2f} s" for k, v in once.items()))
+    print("\nonce per sweep (not counted below): " + ", ".join(f"{k} {v:.2f} s" for k, v in once.items()))
     print(f"\nper trial ({args.epochs} epochs, search.log_models={args.log_models}):")
     print(f"  {'trial':>5} {'trial s':>9} {'mlflow s':>9} {'share':>7}")
     for number, total, mlflow_s in rows:

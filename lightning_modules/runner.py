@@ -7,10 +7,10 @@ benchmarks/RESULTS.md, this keeps a trial within about 10% of a hand-written loo
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -85,6 +85,7 @@ def _auto(value: Any, default: bool) -> bool:
 
 def _quiet_lightning() -> None:
     """Lightning's per-fit banners ('GPU available: ...') are noise inside a sweep."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # inside Lightning 2.6
     for package in ("lightning.pytorch", "pytorch_lightning", "lightning.fabric", "lightning_fabric"):
         for name in ("utilities.rank_zero", "accelerators.cuda", "utilities.seed", "trainer.connectors.signal_connector"):
             logging.getLogger(f"{package}.{name}").setLevel(logging.WARNING)
@@ -149,8 +150,9 @@ def train_model(data: ImageData, arch: ArchSpec, optim: OptimSpec, trainer_cfg: 
     channels_last = _auto(trainer_cfg.get("channels_last"), device == "cuda")
     module = ConvNetModule(net, optim, int(trainer_cfg.get("max_epochs", 1)), channels_last)
     train_batches = make_batches(train_split or data.train, optim.batch_size, device, train=True,
-                                 augment=data.augment, seed=seed)
-    val_batches = make_batches(data.val, max(optim.batch_size, 256), device, train=False)
+                                 augment=data.augment, seed=seed, num_workers=data.loader_workers)
+    val_batches = make_batches(data.val, max(optim.batch_size, 256), device, train=False,
+                               num_workers=data.loader_workers)
     history = history or EpochHistory(metric, direction)
     trainer = make_trainer(trainer_cfg, device, [history, *callbacks], len(train_batches))
     trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=val_batches)

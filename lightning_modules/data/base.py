@@ -58,6 +58,7 @@ class ImageData:
     fingerprint: str = ""  # sha256 over all splits' content: reproduce checks it
     source: str = ""  # where it came from (path or "generated"), for the run record
     skipped: tuple[str, ...] = ()  # unreadable files left out, by path (image_folder, on_corrupt=skip)
+    loader_workers: int = 2  # DataLoader workers, used only by splits streamed from disk
 
     @property
     def num_classes(self) -> int:

@@ -226,4 +226,5 @@ def load_image_folder(cfg: Mapping[str, Any]) -> ImageData:
         skipped += bad
         data = in_memory_data("image_folder", **splits, class_names=class_names, source=str(root))
     data.skipped = tuple(map(str, skipped))
+    data.loader_workers = int(cfg.get("num_workers", 2))
     return data
