@@ -39,7 +39,7 @@ def raw_loop(data: ImageData, arch: ArchSpec, optim: OptimSpec, epochs: int, see
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     train = make_batches(data.train, optim.batch_size, "cpu", train=True, augment=data.augment, seed=seed)
     val = make_batches(data.val, max(optim.batch_size, 256), "cpu", train=False)
-    best, best_state = -1.0, None
+    best = -1.0
     for _ in range(epochs):
         net.train()
         loss_sum = torch.zeros(())
