@@ -66,7 +66,7 @@ class ConvNetModule(LightningModule):
     def configure_optimizers(self):  # noqa: ANN201 - Lightning's own return type
         o = self.optim
         if o.optimizer == "sgd":
-            opt = torch.optim.SGD(self.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=True)
+            opt = torch.optim.SGD(self.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.momentum > 0)
         else:
             cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
             opt = cls(self.parameters(), lr=o.lr, weight_decay=o.weight_decay)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -94,7 +95,7 @@ def _quiet_lightning() -> None:
 def make_trainer(trainer_cfg: Mapping[str, Any], device: str, callbacks: Sequence[Callback],
                  n_train_batches: int) -> Trainer:
     """A lean Trainer: no sanity pass, progress bar, summary, logger or checkpoint files."""
-    deterministic = bool(trainer_cfg.get("deterministic", True))
+    deterministic = _auto(trainer_cfg.get("deterministic", "auto"), device == "cpu")
     precision = trainer_cfg.get("precision", "auto")
     if precision in (None, "auto"):
         precision = "bf16-mixed" if device == "cuda" else "32-true"
@@ -155,7 +156,13 @@ def train_model(data: ImageData, arch: ArchSpec, optim: OptimSpec, trainer_cfg: 
                                num_workers=data.loader_workers)
     history = history or EpochHistory(metric, direction)
     trainer = make_trainer(trainer_cfg, device, [history, *callbacks], len(train_batches))
-    trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=val_batches)
+    try:
+        trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=val_batches)
+    except SystemExit:
+        # Lightning answers Ctrl-C by ignoring SIGINT and calling exit(1); give the caller back a
+        # KeyboardInterrupt (and Ctrl-C) so the sweep can mark the trial and tell how to resume.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt from None
     raw = getattr(net, "_orig_mod", net)
     if history.best_state is not None:
         raw.load_state_dict(history.best_state)

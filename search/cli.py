@@ -135,7 +135,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """convsweep report --study NAME"""
-    from dashboards.report import report
+    from search.report import report
 
     return report(_compose(args), _console())
 

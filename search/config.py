@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from lightning_modules.errors import ConvsweepError
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 GROUPS = ("dataset", "search_space", "sampler", "pruner", "trainer", "tracking", "arch", "experiment")
 
@@ -126,11 +126,6 @@ def _defaults_for(cfg: DictConfig) -> DictConfig:
 _DEFAULTS: dict[tuple, DictConfig] = {}
 
 
-def open_dict(cfg: DictConfig):  # noqa: ANN201 - a context manager
-    from omegaconf import open_dict as _open_dict
-    return _open_dict(cfg)
-
-
 def finalize(cfg: DictConfig) -> DictConfig:
     """Resolve interpolations and refuse missing required values (`???`) with the key to set."""
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -161,38 +156,71 @@ def load_config_file(path: str | Path, overrides: Iterable[str] = ()) -> DictCon
     return merge_onto_schema(loaded, overrides, str(path))
 
 
+# Sections a read-back config replaces whole. Training never instantiates sampler or pruner
+# (and `safe_instantiate` guards them where a sweep does); the rest is merged key by key.
+WHOLE_SECTIONS = ("arch", "choices", "search_space", "sampler", "pruner")
+
+
 def merge_onto_schema(data: DictConfig | dict, overrides: Iterable[str] = (), source: str = "config") -> DictConfig:
     """Merge a config read back as data onto the shipped defaults, refusing unknown keys."""
     from omegaconf.errors import OmegaConfBaseException
 
-    base = compose_config([f"dataset={data['dataset']['name']}"] if data.get("dataset", {}).get("name") in available("dataset") else [])
+    base = compose_config(_stored_choices(data))
     OmegaConf.set_struct(base, True)
     with open_dict(base):
-        base.arch = data.get("arch", base.arch)  # a whole architecture, not merged block by block
-        base.choices = data.get("choices", base.choices)
+        for key in WHOLE_SECTIONS:  # replaced as a whole: a recorded value, not a patch on the defaults
+            if data.get(key) is not None:
+                base[key] = data[key]
     try:
-        merged = OmegaConf.merge(base, {k: v for k, v in dict(data).items() if k not in ("arch", "choices")})
+        merged = OmegaConf.merge(base, {k: v for k, v in dict(data).items() if k not in WHOLE_SECTIONS})
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as exc:
         raise ConvsweepError(f"{source}: {str(exc).splitlines()[0]}") from None
     return finalize(merged)
 
 
+def _stored_choices(data: DictConfig | dict) -> list[str]:
+    """Group overrides that recreate the schema a stored config was composed with (e.g. pruner=hyperband)."""
+    choices = dict(data.get("choices") or {})
+    if not choices and data.get("dataset", {}).get("name"):
+        choices = {"dataset": data["dataset"]["name"]}
+    return [f"{group}={option}" for group, option in choices.items()
+            if group in GROUPS and option is not None and option in available(group)]
+
+
+def _targets(node: Any) -> Iterable[Any]:
+    """Every `_target_` in a config tree: instantiate recurses, so the allow-list must too."""
+    if isinstance(node, DictConfig) or isinstance(node, dict):
+        if "_target_" in node:
+            yield node["_target_"]
+        for value in node.values():
+            yield from _targets(value)
+    elif isinstance(node, (list, tuple)) or OmegaConf.is_list(node):
+        for value in node:
+            yield from _targets(value)
+
+
 def safe_instantiate(node: DictConfig, **kwargs: Any) -> Any:
-    """`hydra.utils.instantiate`, but only for `_target_`s on the project's allow-list."""
+    """`hydra.utils.instantiate`, but only for `_target_`s on the project's allow-list, at any depth."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    target = node.get("_target_")
-    if target not in ALLOWED_TARGETS:
-        raise ConvsweepError(f"refusing to instantiate _target_ {target!r}: only convsweep's samplers and pruners are allowed")
-    return instantiate(node, **kwargs)
+    for target in _targets(node):
+        if target not in ALLOWED_TARGETS:
+            raise ConvsweepError(f"refusing to instantiate _target_ {target!r}: only convsweep's samplers and pruners are allowed")
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        raise ConvsweepError(f"cannot build {node.get('_target_')}: {' '.join(str(cause).split())[:300]}; "
+                             "check the sampler/pruner settings") from None
 
 
 SECRET_URIS = ("optuna_storage", "mlflow_uri", "artifact_location")  # keys under `tracking:` that may hold a password
 
 
-def to_yaml(cfg: DictConfig) -> str:
-    """The resolved config as YAML with passwords in the tracking URIs masked: safe to log or write."""
+def safe_container(cfg: DictConfig) -> dict:
+    """The resolved config as plain data with passwords in the tracking URIs masked: safe to store anywhere."""
     from search.storage import mask_uri
 
     data = OmegaConf.to_container(cfg, resolve=True)
@@ -200,4 +228,9 @@ def to_yaml(cfg: DictConfig) -> str:
     for key in SECRET_URIS if isinstance(tracking, dict) else ():
         if tracking.get(key):
             tracking[key] = mask_uri(tracking[key])
-    return OmegaConf.to_yaml(data)
+    return data
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """`safe_container` as YAML: what is logged to MLflow or written to disk."""
+    return OmegaConf.to_yaml(safe_container(cfg))

@@ -18,10 +18,10 @@ from lightning_modules.data import ImageData
 from lightning_modules.network import ArchitectureError, plan_convnet
 from lightning_modules.runner import EpochHistory, TrainResult, train_model
 from search import tracking
-from search.config import to_yaml
+from search.config import safe_container, to_yaml
 from search.environment import environment_record
 from search.space import SearchSpace
-from search.storage import Locations
+from search.storage import Locations, mask_uri
 
 
 @dataclass
@@ -83,7 +83,7 @@ def make_objective(ctx: SweepContext):  # noqa: ANN201 - returns the objective c
         arch, optim = ctx.space.sample(trial)
         seed = int(cfg.search.seed) + trial.number
         tcfg = trial_config(cfg, arch, optim, seed)
-        trial.set_user_attr("config", OmegaConf.to_container(tcfg))
+        trial.set_user_attr("config", safe_container(tcfg))  # `best`/`reproduce` re-point tracking anyway
         run_id = tracking.start_child_run(
             client, ctx.experiment_id, ctx.parent_run_id, f"trial-{trial.number:03d}", "trial",
             params={**run_params(trial.params, arch, optim), "seed": seed},
@@ -114,7 +114,7 @@ def make_objective(ctx: SweepContext):  # noqa: ANN201 - returns the objective c
             raise
         except BaseException as exc:
             tracking.finish_run(client, run_id, "FAIL", summary_metrics(history.epochs, metric, maximize),
-                                {tracking.REASON: f"{type(exc).__name__}: {exc}"[:1000]})
+                                {tracking.REASON: mask_uri(f"{type(exc).__name__}: {exc}")[:1000]})
             raise
         return _complete(ctx, trial, run_id, result, maximize)
 

@@ -37,7 +37,7 @@ def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         raise ConvsweepError(f"study '{study.study_name}' has no completed trials yet; run `convsweep sweep` first") from None
 
 
-def trial_config(trial: optuna.trial.FrozenTrial, cfg: DictConfig) -> DictConfig:
+def stored_trial_config(trial: optuna.trial.FrozenTrial, cfg: DictConfig) -> DictConfig:
     """A trial's stored config, checked against the schema, pointed at the current storage."""
     stored = trial.user_attrs.get("config")
     if not stored:
@@ -65,7 +65,7 @@ def export_best(cfg: DictConfig, output: str, register: str | None, console: Con
                           f"{v:.4g}" if isinstance(v, float) else str(v))
     console.print(table)
     best = trials[0]
-    best_cfg = trial_config(best, cfg)
+    best_cfg = stored_trial_config(best, cfg)
     header = (f"# Best trial {best.number} of study '{study.study_name}': {cfg.search.metric} = {best.values}\n"
               f"# MLflow run {best.user_attrs.get('mlflow_run_id')}. Standalone: no search space is needed.\n"
               f"# Run it with: convsweep train --config-file {Path(output).name}\n")
@@ -172,7 +172,7 @@ def evaluate(cfg: DictConfig, from_study: bool, train_on_val: bool, register: st
     if from_study:
         study = ensure_study_exists(loc, str(cfg.search.study_name))
         best = best_trials(study)[0]
-        ecfg = trial_config(best, cfg)
+        ecfg = stored_trial_config(best, cfg)
         parent = study.user_attrs.get("mlflow_parent_run_id")
         source = f"trial {best.number} of study {study.study_name}"
     else:

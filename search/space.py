@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 from lightning_modules.arch import (ACTIVATIONS, DOWNSAMPLE, OPTIMIZERS, PADDING_MODES, POOLINGS, ArchSpec,
-                                    BlockSpec, HeadSpec, OptimSpec)
+                                    BlockSpec, HeadSpec, OptimSpec, SpecError)
 from lightning_modules.errors import ConvsweepError
 
 
@@ -225,4 +225,18 @@ def parse_space(raw: Mapping[str, Any], source: str = "search_space") -> SearchS
     block = {**_defaults(BlockSpec, {"filters"}), **_section(raw, "block", _BLOCK_KEYS, source)}
     head = {**_defaults(HeadSpec), **_section(raw, "head", _HEAD_KEYS, source)}
     optim = {**_defaults(OptimSpec), **_section(raw, "optim", _OPTIM_KEYS, source)}
+    for section, params, build in (("block", block, lambda **kw: BlockSpec(filters=1, **kw)),
+                                   ("head", head, HeadSpec), ("optim", optim, OptimSpec)):
+        _check_values(section, params, build, source)
     return SearchSpace(depth, mode, widths, block, head, optim, source)
+
+
+def _check_values(section: str, params: dict[str, Param], build: Any, source: str) -> None:
+    """Every value a parameter can take must build a valid spec, so a bad value fails now, not in each trial."""
+    for name, param in params.items():
+        values = param.candidates + [v for v in (param.low, param.high) if v is not None]
+        for value in values:
+            try:
+                build(**{name: value})
+            except (SpecError, TypeError, ValueError) as exc:
+                raise SearchSpaceError(f"{source}: {section}.{name}: {value!r} is not valid ({exc})") from None

@@ -96,11 +96,11 @@ def init_mlflow(loc: Locations) -> Any:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    if loc.mlflow_uri.startswith("sqlite:///"):
-        Path(loc.mlflow_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(loc.mlflow_uri)
-    client = MlflowClient(loc.mlflow_uri)
     try:
+        if loc.mlflow_uri.startswith("sqlite:///"):
+            Path(loc.mlflow_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(loc.mlflow_uri)
+        client = MlflowClient(loc.mlflow_uri)
         client.search_experiments(max_results=1)
     except Exception as exc:
         raise StorageError(f"cannot open the MLflow store {mask_uri(loc.mlflow_uri)}: "

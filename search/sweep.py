@@ -41,6 +41,7 @@ class SweepPlan:
     space: SearchSpace
     data: ImageData
     locations: Locations
+    client: Any = None  # MlflowClient, opened (and migrated) last in `prepare_sweep`
 
 
 @dataclass
@@ -89,6 +90,7 @@ def make_sampler(cfg: DictConfig, space: SearchSpace, worker: int = 0) -> optuna
 
 def prepare_sweep(cfg: DictConfig) -> SweepPlan:
     """Check config, space, metric, sampler, pruner and dataset; raise ConvsweepError before writing anything."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_metric(cfg)
     space = parse_space(OmegaConf.to_container(cfg.search_space), space_source(cfg))
     make_sampler(cfg, space)
@@ -101,7 +103,8 @@ def prepare_sweep(cfg: DictConfig) -> SweepPlan:
     locations = resolve_locations(cfg.tracking)
     if not locations.is_journal:
         open_optuna_storage(locations)  # reach the database now, not after the MLflow run exists
-    return SweepPlan(cfg, space, data, locations)
+    client = init_mlflow(locations)  # last check, and the SQLite migrations: before the study is created
+    return SweepPlan(cfg, space, data, locations, client)
 
 
 def _open_study(plan: SweepPlan, worker: int = 0) -> optuna.Study:
@@ -118,7 +121,7 @@ def _open_study(plan: SweepPlan, worker: int = 0) -> optuna.Study:
 def _run_trials(plan: SweepPlan, study: optuna.Study, parent_id: str, exp_id: str, client: Any,
                 target_total: int | None, n_trials: int | None) -> None:
     """One worker's loop: run trials until this sweep's quota (or the timeout) is reached."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # again: spawned workers start with Optuna's default
     ctx = SweepContext(plan.cfg, plan.space, plan.data, plan.locations, client, exp_id, parent_id)
     callbacks = [optuna.study.MaxTrialsCallback(target_total, states=None)] if target_total else []
     timeout = plan.cfg.search.timeout
@@ -146,7 +149,7 @@ def run_sweep(plan: SweepPlan, console: Console | None = None) -> SweepSummary:
     cfg, loc = plan.cfg, plan.locations
     metric = str(cfg.search.metric)
     study = _open_study(plan)
-    client = init_mlflow(loc)  # SQLite migrations run here, once per sweep
+    client = plan.client
     exp_id = experiment_id(client, str(cfg.tracking.experiment_name), loc)
     first = len(study.trials)
     parent_id, resumed = tracking.start_parent_run(
@@ -185,7 +188,7 @@ def run_sweep(plan: SweepPlan, console: Console | None = None) -> SweepSummary:
 
 def _log_views(study: optuna.Study, client: Any, parent_id: str, plan: SweepPlan, console: Console) -> None:
     """Sweep-end pictures; a storage error here must not turn a finished sweep into a failed command."""
-    from dashboards.report import log_sweep_views
+    from dashboards.sweep_views import log_sweep_views
 
     try:
         log_sweep_views(study, client, parent_id, str(plan.cfg.search.metric), plan.data,

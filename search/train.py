@@ -20,7 +20,7 @@ from search import tracking
 from search.config import to_yaml
 from search.environment import environment_record
 from search.objective import run_params, summary_metrics
-from search.storage import experiment_id, init_mlflow, resolve_locations
+from search.storage import experiment_id, init_mlflow, mask_uri, resolve_locations
 from search.sweep import check_metric
 
 
@@ -79,7 +79,7 @@ def train_and_track(cfg: DictConfig, role: str = "train", tags: Mapping[str, Any
                              callbacks=[tracking.MlflowEpochLogger(client, run_id, history)], history=history,
                              train_split=train_split)
     except BaseException as exc:
-        tracking.finish_run(client, run_id, "FAIL", tags={tracking.REASON: f"{type(exc).__name__}: {exc}"[:1000]})
+        tracking.finish_run(client, run_id, "FAIL", tags={tracking.REASON: mask_uri(f"{type(exc).__name__}: {exc}")[:1000]})
         raise
     model_uri = tracking.log_model(run_id, result.model, data.input_shape, registered_name) if log_model else None
     metrics = {**summary_metrics(result.history, metric, direction == "maximize"), "duration_s": result.duration_s,

@@ -84,5 +84,9 @@ def load_dataset(cfg: Mapping[str, Any]) -> ImageData:
         augment = _augment(plain)
         data = loader(plain)
         data.augment = augment
+        empty = [split for split in ("train", "val") if len(getattr(data, split)) == 0]
+        if empty:
+            raise DatasetError(f"dataset '{data.name}' has an empty {empty[0]} split {data.sizes()}; "
+                               "add images or raise its size / fraction settings (a sweep needs both)")
         _CACHE[key] = data
     return _CACHE[key]

@@ -17,18 +17,19 @@ from lightning_modules.data.base import Augment, Split
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 (B, C, H, W) images, int64 (B,) labels
 
-# The one per-process cache besides the loaded datasets: (id(split tensor), device) -> device copy.
-_DEVICE_CACHE: dict[tuple[int, str], torch.Tensor] = {}
+# The one per-process cache besides the loaded datasets: (id(split tensor), device) -> (source, device copy).
+# The source is kept so an id reused by a freed tensor can never return another tensor's copy.
+_DEVICE_CACHE: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Copy a split tensor to `device` once per process; later trials reuse the copy."""
     key = (id(tensor), str(device))
     cached = _DEVICE_CACHE.get(key)
-    if cached is None:
-        cached = tensor.to(device, non_blocking=False)
+    if cached is None or cached[0] is not tensor:
+        cached = (tensor, tensor.to(device, non_blocking=False))
         _DEVICE_CACHE[key] = cached
-    return cached
+    return cached[1]
 
 
 def augment_batch(x: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:

@@ -23,7 +23,7 @@ from tests.search.conftest import tiny_overrides
 def swept(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """One tiny finished sweep shared by the tests below (they only add runs, never change it)."""
     root = tmp_path_factory.mktemp("repro")
-    overrides = tiny_overrides(root / "runs", "repro", "search.n_trials=2", "pruner=none")
+    overrides = tiny_overrides(root / "runs", "repro", "search.n_trials=2", "pruner=hyperband", "sampler=random")
     assert main(["sweep", *overrides]) == 0
     return root, overrides
 
@@ -67,11 +67,15 @@ def test_reproduce_refuses_a_changed_dataset_unless_forced(swept, capsys) -> Non
     study = ensure_study_exists(resolve_locations({"run_dir": str(root / "runs")}), "repro")
     run_id = study.trials[0].user_attrs["mlflow_run_id"]
     client = MlflowClient(resolve_locations({"run_dir": str(root / "runs")}).mlflow_uri)
+    recorded = client.get_run(run_id).data.tags["data.fingerprint"]
     client.set_tag(run_id, "data.fingerprint", "0" * 64)  # as if the data had changed since the trial
-    capsys.readouterr()
-    assert main(["reproduce", run_id, *storage_args(root)]) == 2
-    err = capsys.readouterr().err
-    assert "dataset 'digits' changed since run" in err and "--force" in err
+    try:
+        capsys.readouterr()
+        assert main(["reproduce", run_id, *storage_args(root)]) == 2
+        err = capsys.readouterr().err
+        assert "dataset 'digits' changed since run" in err and "--force" in err
+    finally:
+        client.set_tag(run_id, "data.fingerprint", recorded)  # the other tests reproduce this study too
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -138,3 +142,25 @@ def test_sweep_end_views_and_report(swept, capsys) -> None:
     out = capsys.readouterr().out
     assert "leaderboard: repro" in out and str(study.best_trial.number) in out
     assert "plots/parallel_coordinate.png" in listed(parent, "plots")
+
+
+def test_reproduce_exits_nonzero_when_metrics_differ_beyond_the_tolerance(swept, capsys) -> None:
+    root, _ = swept
+    assert main(["reproduce", "--study", "repro", "--tolerance", "-1", *storage_args(root)]) == 1
+    assert "not reproduced" in capsys.readouterr().out
+
+
+def test_run_without_a_config_artifact_and_study_without_completed_trials_are_one_line_errors(swept, tmp_path, capsys) -> None:
+    root, overrides = swept
+    loc = resolve_locations({"run_dir": str(root / "runs")})
+    client = MlflowClient(loc.mlflow_uri)
+    bare = client.create_run(client.get_experiment_by_name("repro").experiment_id, tags={tracking.ROLE: "trial"})
+    capsys.readouterr()
+    assert main(["reproduce", bare.info.run_id, *storage_args(root)]) == 2
+    assert "has no config.yaml artifact" in capsys.readouterr().err
+    empty = compose_config([*overrides, "search.study_name=empty", f"tracking.run_dir={tmp_path}"])
+    import optuna
+    from search.storage import open_optuna_storage
+    optuna.create_study(study_name="empty", storage=open_optuna_storage(resolve_locations(empty.tracking)))
+    assert main(["best", "--study", "empty", f"tracking.run_dir={tmp_path}"]) == 2
+    assert "has no completed trials yet" in capsys.readouterr().err

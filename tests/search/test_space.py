@@ -84,6 +84,8 @@ def test_log_and_step_ranges_reach_optuna() -> None:
     ("search_space.optim.lr.low=0.0", "optim.lr: log scale needs low > 0"),
     ("search_space.head.dropout.high=abc", "head.dropout: high must be a number"),
     ("search_space.widths.mode=cone", "widths.mode must be independent or pyramid"),
+    ("search_space.block.kernel_size=0", "block.kernel_size: 0 is not valid"),
+    ("search_space.head.dropout.high=1.5", "head.dropout: 1.5 is not valid"),
 ])
 def test_bad_spaces_name_the_file_and_the_key(override: str, message: str) -> None:
     with pytest.raises(SearchSpaceError) as err:

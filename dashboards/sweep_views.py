@@ -1,0 +1,40 @@
+"""Sweep-level and CNN views for a study, logged to MLflow.
+
+Runs at the end of every sweep and from `convsweep report`. It only reads finished results
+(the study and the logged models) and draws; a view that cannot be made is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from rich.console import Console
+
+from dashboards.cnn_views import log_cnn_views
+from dashboards.leaderboard import ranked_trials
+from dashboards.study_plots import log_study_plots
+from lightning_modules.data import ImageData
+
+
+def log_sweep_views(study: optuna.Study, client: Any, parent_run_id: str, metric: str, data: ImageData,
+                    top_k: int, console: Console) -> None:
+    """Study plots on the parent run; filters, activations, confusion matrix, misclassified on the top-k trial runs."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="convsweep-views-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # optuna/matplotlib remarks on small studies; notes.txt has ours
+        outcomes = log_study_plots(client, parent_run_id, study, metric, Path(tmp))
+        skipped = [o.name for o in outcomes if o.skipped and not (o.name == "pareto_front" and len(study.directions) == 1)]
+        if skipped:
+            console.print(f"plots skipped (reasons in plots/notes.txt): {', '.join(skipped)}")
+        for trial in ranked_trials(study, top_k):
+            uri, run_id = trial.user_attrs.get("model_uri"), trial.user_attrs.get("mlflow_run_id")
+            if not uri or not run_id:
+                console.print(f"CNN views skipped for trial {trial.number}: no logged model (search.log_models=all logs every one)")
+                continue
+            model = mlflow.pytorch.load_model(uri, map_location="cpu")
+            log_cnn_views(client, run_id, model, data, Path(tmp) / f"trial-{trial.number}")

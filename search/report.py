@@ -1,0 +1,41 @@
+"""`convsweep report --study NAME`: redraw a study's views in MLflow and print its leaderboard."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from omegaconf import DictConfig
+from rich.console import Console
+
+from dashboards.leaderboard import leaderboard, leaderboard_table, ranked_trials
+from dashboards.sweep_views import log_sweep_views
+from dashboards.study_plots import log_study_plots
+from lightning_modules.data import load_dataset
+from lightning_modules.errors import ConvsweepError
+from search.reproduce import stored_trial_config
+from search.storage import init_mlflow, resolve_locations
+from search.sweep import ensure_study_exists
+
+
+def report(cfg: DictConfig, console: Console) -> int:
+    """`convsweep report --study NAME`: regenerate the views on the study's runs and print the leaderboard."""
+    loc = resolve_locations(cfg.tracking)
+    study = ensure_study_exists(loc, str(cfg.search.study_name))
+    metric = str(cfg.search.metric)
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    if not parent:
+        raise ConvsweepError(f"study '{study.study_name}' has no MLflow parent run; was it made by `convsweep sweep`?")
+    rows = leaderboard(study, metric, 10)
+    console.print(leaderboard_table(rows, metric, f"leaderboard: {study.study_name}"))
+    best = ranked_trials(study, 1)
+    data = load_dataset(stored_trial_config(best[0], cfg).dataset) if best else None
+    client = init_mlflow(loc)
+    if data is None:
+        console.print("no completed trial yet: only the study plots that need none are drawn")
+        with tempfile.TemporaryDirectory() as tmp:
+            log_study_plots(client, parent, study, metric, Path(tmp))
+    else:
+        log_sweep_views(study, client, parent, metric, data, int(cfg.search.top_k_views), console)
+    console.print(f"views logged to MLflow run {parent} (plots/) and the best trials' runs (cnn/)")
+    return 0
