@@ -37,7 +37,7 @@ def _compose(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)  # trial lines and errors stay whole, e.g. in CI logs
 
 
 def ui_hint(cfg: Any) -> str:
@@ -76,7 +76,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         console.print(f"best {cfg.search.metric} = {summary.best_value:.4f} (MLflow run {summary.best_run_id})")
     console.print(f"results: {summary.locations.run_dir}")
     console.print(f"open the MLflow UI: [bold]{ui_hint(cfg)}[/]")
-    console.print(f"export the best config: convsweep best --study {summary.study_name}")
+    if summary.best_value is not None:
+        console.print(f"export the best config: convsweep best --study {summary.study_name}")
     return 0
 
 

@@ -49,11 +49,20 @@ class SweepProgress:
     def _line(self, t: optuna.trial.FrozenTrial) -> Text:
         colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(t.state.name, "white")
         duration = t.duration.total_seconds() if t.duration else 0.0
-        detail = f"{self.metric}={t.value:.4f}" if t.value is not None else (
-            t.user_attrs.get("invalid_reason") or
-            (f"at epoch {max(t.intermediate_values)}" if t.intermediate_values else ""))
+        detail = self._detail(t)
         return Text.assemble((f"trial {t.number:>3} ", "bold"), (f"{t.state.name:<8}", colour),
                              f" {detail}  ({duration:.1f} s)")
+
+    def _detail(self, t: optuna.trial.FrozenTrial) -> str:
+        """The metric, or why the trial has none: invalid architecture, failure, or the epoch it was pruned at."""
+        if t.value is not None:
+            return f"{self.metric}={t.value:.4f}"
+        if t.user_attrs.get("invalid_reason"):
+            return t.user_attrs["invalid_reason"]
+        failure = (t.system_attrs.get("fail_reason") or "").strip().splitlines()
+        if failure:
+            return failure[-1][:160]
+        return f"at epoch {max(t.intermediate_values)}" if t.intermediate_values else ""
 
     def __rich__(self) -> Group:
         c = self.counts

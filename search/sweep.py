@@ -90,7 +90,7 @@ def make_sampler(cfg: DictConfig, space: SearchSpace, worker: int = 0) -> optuna
 
 def prepare_sweep(cfg: DictConfig) -> SweepPlan:
     """Check config, space, metric, sampler, pruner and dataset; raise ConvsweepError before writing anything."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the live view reports every trial, failures with their reason
     check_metric(cfg)
     space = parse_space(OmegaConf.to_container(cfg.search_space), space_source(cfg))
     make_sampler(cfg, space)
@@ -121,7 +121,7 @@ def _open_study(plan: SweepPlan, worker: int = 0) -> optuna.Study:
 def _run_trials(plan: SweepPlan, study: optuna.Study, parent_id: str, exp_id: str, client: Any,
                 target_total: int | None, n_trials: int | None) -> None:
     """One worker's loop: run trials until this sweep's quota (or the timeout) is reached."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # again: spawned workers start with Optuna's default
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # again: spawned workers start with Optuna's default
     ctx = SweepContext(plan.cfg, plan.space, plan.data, plan.locations, client, exp_id, parent_id)
     callbacks = [optuna.study.MaxTrialsCallback(target_total, states=None)] if target_total else []
     timeout = plan.cfg.search.timeout
@@ -176,6 +176,7 @@ def run_sweep(plan: SweepPlan, console: Console | None = None) -> SweepSummary:
                 proc.join()
             if any(p.exitcode for p in procs):
                 raise ConvsweepError(f"{sum(bool(p.exitcode) for p in procs)} worker process(es) failed; see the messages above")
+        console.print()  # the live view's last line has no newline of its own when stdout is not a terminal
         _log_views(study, client, parent_id, plan, console)
     except KeyboardInterrupt:
         status = "KILLED"
