@@ -12,7 +12,7 @@ import os
 import signal
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -70,7 +70,6 @@ class TrainResult:
     best_epoch: int
     device: str
     duration_s: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_device(accelerator: str) -> str:

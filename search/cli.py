@@ -58,7 +58,7 @@ def ui_hint(cfg: Any) -> str:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """convsweep sweep [overrides]"""
     cfg = _compose(args)  # config errors surface before the heavy imports below
-    from dashboards.leaderboard import leaderboard, leaderboard_table
+    from dashboards.leaderboard import leaderboard, leaderboard_table, state_counts
     from search.sweep import ensure_study_exists, prepare_sweep, run_sweep
 
     console = _console()
@@ -70,7 +70,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     study = ensure_study_exists(summary.locations, summary.study_name)
     console.print()
     console.print(leaderboard_table(leaderboard(study, str(cfg.search.metric), 10), str(cfg.search.metric),
-                                    f"leaderboard: {summary.study_name}"))
+                                    f"leaderboard: {summary.study_name}", states=state_counts(study)))
     console.print(f"this sweep: {summary.n_complete} complete, {summary.n_pruned} pruned, {summary.n_failed} failed")
     if summary.best_value is not None:
         console.print(f"best {cfg.search.metric} = {summary.best_value:.4f} (MLflow run {summary.best_run_id})")

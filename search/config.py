@@ -234,3 +234,17 @@ def safe_container(cfg: DictConfig) -> dict:
 def to_yaml(cfg: DictConfig) -> str:
     """`safe_container` as YAML: what is logged to MLflow or written to disk."""
     return OmegaConf.to_yaml(safe_container(cfg))
+
+
+def check_metric(cfg: DictConfig) -> None:
+    """One metric name feeds pruning, checkpointing, objective and leaderboard: it must exist."""
+    from lightning_modules.module import METRICS
+
+    metric, direction = str(cfg.search.metric), str(cfg.search.direction)
+    if metric not in METRICS:
+        raise ConvsweepError(f"unknown metric '{metric}'; search.metric must be one of: {', '.join(METRICS)}")
+    if direction not in ("maximize", "minimize"):
+        raise ConvsweepError(f"search.direction must be maximize or minimize (got '{direction}')")
+    wanted = "maximize" if metric.endswith("acc") else "minimize"
+    if direction != wanted:
+        raise ConvsweepError(f"search.direction={direction} does not fit {metric}; use search.direction={wanted}")

@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from rich.console import Console
 
-from dashboards.leaderboard import leaderboard, leaderboard_table, ranked_trials
+from dashboards.leaderboard import leaderboard, leaderboard_table, ranked_trials, state_counts
 from dashboards.sweep_views import log_sweep_views
 from dashboards.study_plots import log_study_plots
 from lightning_modules.data import load_dataset
@@ -27,7 +27,7 @@ def report(cfg: DictConfig, console: Console) -> int:
     if not parent:
         raise ConvsweepError(f"study '{study.study_name}' has no MLflow parent run; was it made by `convsweep sweep`?")
     rows = leaderboard(study, metric, 10)
-    console.print(leaderboard_table(rows, metric, f"leaderboard: {study.study_name}"))
+    console.print(leaderboard_table(rows, metric, f"leaderboard: {study.study_name}", states=state_counts(study)))
     best = ranked_trials(study, 1)
     data = load_dataset(stored_trial_config(best[0], cfg).dataset) if best else None
     client = init_mlflow(loc)

@@ -21,9 +21,8 @@ from rich.live import Live
 
 from lightning_modules.data import ImageData, load_dataset
 from lightning_modules.errors import ConvsweepError
-from lightning_modules.module import METRICS
 from search import tracking
-from search.config import safe_instantiate, to_yaml
+from search.config import check_metric, safe_instantiate, to_yaml
 from search.objective import SweepContext, make_objective
 from search.progress import Poller, SweepProgress
 from search.space import SearchSpace, parse_space
@@ -58,18 +57,6 @@ class SweepSummary:
     parent_run_id: str
     locations: Locations
     resumed: bool
-
-
-def check_metric(cfg: DictConfig) -> None:
-    """One metric name feeds pruning, checkpointing, objective and leaderboard: it must exist."""
-    metric, direction = str(cfg.search.metric), str(cfg.search.direction)
-    if metric not in METRICS:
-        raise ConvsweepError(f"unknown metric '{metric}'; search.metric must be one of: {', '.join(METRICS)}")
-    if direction not in ("maximize", "minimize"):
-        raise ConvsweepError(f"search.direction must be maximize or minimize (got '{direction}')")
-    wanted = "maximize" if metric.endswith("acc") else "minimize"
-    if direction != wanted:
-        raise ConvsweepError(f"search.direction={direction} does not fit {metric}; use search.direction={wanted}")
 
 
 def space_source(cfg: DictConfig) -> str:

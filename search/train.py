@@ -17,11 +17,10 @@ from lightning_modules.data import ImageData, load_dataset
 from lightning_modules.data.base import Split
 from lightning_modules.runner import EpochHistory, TrainResult, train_model
 from search import tracking
-from search.config import to_yaml
+from search.config import check_metric, to_yaml
 from search.environment import environment_record
 from search.objective import run_params, summary_metrics
 from search.storage import experiment_id, init_mlflow, mask_uri, resolve_locations
-from search.sweep import check_metric
 
 
 @dataclass
