@@ -35,7 +35,7 @@ def storage_args(root: Path) -> list[str]:
 def test_best_exports_a_standalone_config_that_trains_and_reproduces_exactly(swept, capsys) -> None:
     root, overrides = swept
     best_yaml = root / "best.yaml"
-    assert main(["best", "--study", "repro", "-o", str(best_yaml), *storage_args(root)]) == 0
+    assert main(["best", "--study", "repro", "-o", str(best_yaml), "--register", "repro-best", *storage_args(root)]) == 0
     exported = OmegaConf.load(best_yaml)
     study = ensure_study_exists(resolve_locations({"run_dir": str(root / "runs")}), "repro")
     best = study.best_trial
@@ -44,6 +44,8 @@ def test_best_exports_a_standalone_config_that_trains_and_reproduces_exactly(swe
 
     client = MlflowClient(resolve_locations({"run_dir": str(root / "runs")}).mlflow_uri)
     original = client.get_metric_history(best.user_attrs["mlflow_run_id"], "val/acc")
+    [version] = client.search_model_versions("name = 'repro-best'")
+    assert version.run_id == best.user_attrs["mlflow_run_id"]
 
     capsys.readouterr()
     assert main(["train", "--config-file", str(best_yaml)]) == 0
