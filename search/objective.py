@@ -76,8 +76,7 @@ def make_objective(ctx: SweepContext):  # noqa: ANN201 - returns the objective c
     cfg, data, client = ctx.cfg, ctx.data, ctx.client
     metric, maximize = str(cfg.search.metric), cfg.search.direction == "maximize"
     env_tags = {f"env.{k}": v for k, v in environment_record().items()}
-    data_tags = {"data.name": data.name, "data.fingerprint": data.fingerprint,
-                 **{f"data.n_{k}": v for k, v in data.sizes().items()}}
+    data_tags = tracking.data_tags(data)
 
     def objective(trial: optuna.Trial) -> float:
         arch, optim = ctx.space.sample(trial)

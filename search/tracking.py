@@ -85,6 +85,12 @@ def start_child_run(client: Any, experiment_id: str, parent_id: str, name: str, 
     return run.info.run_id
 
 
+def data_tags(data: ImageData) -> dict[str, Any]:
+    """The run tags that identify a dataset: name, split sizes and the content fingerprint `reproduce` checks."""
+    return {"data.name": data.name, "data.fingerprint": data.fingerprint,
+            **{f"data.n_{k}": v for k, v in data.sizes().items()}}
+
+
 def log_dataset(client: Any, run_id: str, data: ImageData, context: str = "training") -> None:
     """Record the dataset as an MLflow dataset input (name, sizes, content fingerprint)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag

@@ -69,7 +69,7 @@ def train_and_track(cfg: DictConfig, role: str = "train", tags: Mapping[str, Any
     run_id = run.info.run_id
     env = {f"env.{k}": v for k, v in environment_record().items()}
     tracking.log_batch(client, run_id, params={**run_params({}, arch, optim), "seed": cfg.seed},
-                       tags={**env, "data.name": data.name, "data.fingerprint": data.fingerprint, **(tags or {})})
+                       tags={**env, **tracking.data_tags(data), **(tags or {})})
     client.log_text(run_id, to_yaml(cfg), "config.yaml")
     tracking.log_dataset(client, run_id, data)
     history = EpochHistory(metric, direction)
