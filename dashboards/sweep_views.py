@@ -20,9 +20,12 @@ from dashboards.study_plots import log_study_plots
 from lightning_modules.data import ImageData
 
 
-def log_sweep_views(study: optuna.Study, client: Any, parent_run_id: str, metric: str, data: ImageData,
+def log_sweep_views(study: optuna.Study, client: Any, parent_run_id: str, metric: str, data: ImageData | None,
                     top_k: int, console: Console) -> None:
-    """Study plots on the parent run; filters, activations, confusion matrix, misclassified on the top-k trial runs."""
+    """Study plots on the parent run; filters, activations, confusion matrix, misclassified on the top-k trial runs.
+
+    With `data=None` (no completed trial to load it from) only the study plots are drawn.
+    """
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="convsweep-views-") as tmp, warnings.catch_warnings():
@@ -31,7 +34,7 @@ def log_sweep_views(study: optuna.Study, client: Any, parent_run_id: str, metric
         skipped = [o.name for o in outcomes if o.skipped and not (o.name == "pareto_front" and len(study.directions) == 1)]
         if skipped:
             console.print(f"plots skipped (reasons in plots/notes.txt): {', '.join(skipped)}")
-        for trial in ranked_trials(study, top_k):
+        for trial in ranked_trials(study, top_k) if data is not None else ():
             uri, run_id = trial.user_attrs.get("model_uri"), trial.user_attrs.get("mlflow_run_id")
             if not uri or not run_id:
                 console.print(f"CNN views skipped for trial {trial.number}: no logged model (search.log_models=all logs every one)")

@@ -7,6 +7,7 @@ benchmarks/RESULTS.md, this keeps a trial within about 10% of a hand-written loo
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -83,6 +84,7 @@ def _auto(value: Any, default: bool) -> bool:
     return default if value in (None, "auto") else bool(value)
 
 
+@functools.cache
 def _quiet_lightning() -> None:
     """Lightning's per-fit banners ('GPU available: ...') are noise inside a sweep."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")  # inside Lightning 2.6

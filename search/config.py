@@ -7,6 +7,7 @@ changing the working directory or writing output folders.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 from typing import Any, Iterable
@@ -65,26 +66,33 @@ def compose_config(overrides: Iterable[str] = (), config_name: str = "config") -
     Raises:
         ConvsweepError: an unknown group option or key, a malformed override, or a missing required value.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = list(overrides)
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(str(conf_dir()), version_base="1.3", job_name="convsweep"):
-            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        cfg = _hydra_compose(config_name, overrides)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ConvsweepError(_explain(exc, overrides)) from None
-    finally:
-        GlobalHydra.instance().clear()
     _check_types(cfg, overrides)
     choices = {k: v for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items() if not k.startswith("hydra")}
     with open_dict(cfg):
         del cfg["hydra"]
         cfg["choices"] = choices
     return finalize(cfg)
+
+
+def _hydra_compose(config_name: str, overrides: list[str]) -> DictConfig:
+    """One Hydra compose of the shipped conf/, with the hydra node kept and Hydra's global state cleared."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(conf_dir()), version_base="1.3", job_name="convsweep"):
+            return compose(config_name, overrides=overrides, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
 
 
 def _check_types(cfg: DictConfig, overrides: list[str]) -> None:
@@ -97,7 +105,7 @@ def _check_types(cfg: DictConfig, overrides: list[str]) -> None:
             continue  # the search space has its own validator, which names the file
         try:
             value = OmegaConf.select(cfg, key, throw_on_missing=False)
-            default = OmegaConf.select(_defaults_for(cfg), key, throw_on_missing=False)
+            default = OmegaConf.select(_defaults_for(_choice_overrides(cfg)), key, throw_on_missing=False)
         except OmegaConfBaseException:
             continue
         numeric = (int, float)
@@ -108,22 +116,16 @@ def _check_types(cfg: DictConfig, overrides: list[str]) -> None:
             raise ConvsweepError(f"{key} must be a number (got {value!r})")
 
 
-def _defaults_for(cfg: DictConfig) -> DictConfig:
-    """The composed config with the same group choices but no value overrides (cached per choice set)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra") and v is not None}
-    key = tuple(sorted(choices.items()))
-    if key not in _DEFAULTS:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(str(conf_dir()), version_base="1.3", job_name="convsweep"):
-            _DEFAULTS[key] = compose("config", overrides=[f"{k}={v}" for k, v in choices.items()])
-        GlobalHydra.instance().clear()
-    return _DEFAULTS[key]
+def _choice_overrides(cfg: DictConfig) -> tuple[str, ...]:
+    """The group options a composed config used, as overrides (e.g. `dataset=digits`)."""
+    return tuple(sorted(f"{k}={v}" for k, v in cfg.hydra.runtime.choices.items()
+                        if not k.startswith("hydra") and v is not None))
 
 
-_DEFAULTS: dict[tuple, DictConfig] = {}
+@functools.lru_cache(maxsize=16)
+def _defaults_for(choices: tuple[str, ...]) -> DictConfig:
+    """The composed config with these group options and no value overrides: the types overrides must keep."""
+    return _hydra_compose("config", list(choices))
 
 
 def finalize(cfg: DictConfig) -> DictConfig:

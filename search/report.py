@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 from omegaconf import DictConfig
 from rich.console import Console
 
 from dashboards.leaderboard import leaderboard, leaderboard_table, ranked_trials, state_counts
 from dashboards.sweep_views import log_sweep_views
-from dashboards.study_plots import log_study_plots
 from lightning_modules.data import load_dataset
 from lightning_modules.errors import ConvsweepError
 from search.reproduce import stored_trial_config
@@ -33,9 +29,6 @@ def report(cfg: DictConfig, console: Console) -> int:
     client = init_mlflow(loc)
     if data is None:
         console.print("no completed trial yet: only the study plots that need none are drawn")
-        with tempfile.TemporaryDirectory() as tmp:
-            log_study_plots(client, parent, study, metric, Path(tmp))
-    else:
-        log_sweep_views(study, client, parent, metric, data, int(cfg.search.top_k_views), console)
+    log_sweep_views(study, client, parent, metric, data, int(cfg.search.top_k_views), console)
     console.print(f"views logged to MLflow run {parent} (plots/) and the best trials' runs (cnn/)")
     return 0
