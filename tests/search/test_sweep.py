@@ -119,3 +119,19 @@ def test_compute_budget_prunes_costly_architectures_before_training(tiny_cfg) ->
     assert [t.state for t in study.trials] == [TS.PRUNED] * 2
     assert all("exceeds the budget search.max_macs" in t.user_attrs["invalid_reason"] for t in study.trials)
     assert all(not t.intermediate_values for t in study.trials)  # no epoch was trained
+
+
+@pytest.mark.parametrize("overrides", [
+    ("sampler=gp", "pruner=successive_halving"),
+    ("sampler=grid", "search_space.depth=1", "search_space.head.dropout=0.0", "search_space.optim.lr=0.01",
+     "search_space.optim.weight_decay=0.0", "search_space.block.activation=relu",
+     "search_space.block.padding_mode=zeros"),
+])
+def test_other_samplers_and_pruners_run_a_sweep(tiny_cfg, overrides: tuple[str, ...]) -> None:
+    cfg = tiny_cfg(*overrides, "search.n_trials=2", "trainer.max_epochs=1")
+    run_sweep(prepare_sweep(cfg), quiet())
+    study = ensure_study_exists(resolve_locations(cfg.tracking), "tiny")
+    assert len(study.trials) == 2 and all(t.state.is_finished() for t in study.trials)
+    assert any(t.state == TS.COMPLETE for t in study.trials)
+    if "sampler=grid" in overrides:
+        assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 2  # distinct grid points
