@@ -140,8 +140,8 @@ def plain_module(net: Any, optim: Any, max_epochs: int, augment: Any = None, see
     import torch
     from torch.nn import functional as F
 
-    from lightning_modules.data.batches import augment_batch
-    from lightning_modules.module import ConvNetModule
+    from convsweep.lightning_modules.data.batches import augment_batch
+    from convsweep.lightning_modules.module import ConvNetModule
 
     class PlainModule(ConvNetModule):
         def __init__(self) -> None:

@@ -19,12 +19,12 @@ import optuna
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_modules.arch import ArchSpec, OptimSpec
-from lightning_modules.data import ImageData, load_dataset
-from lightning_modules.network import ArchitectureError, plan_convnet
-from lightning_modules.runner import train_model
-from search.config import compose_config
-from search.space import parse_space
+from convsweep.lightning_modules.arch import ArchSpec, OptimSpec
+from convsweep.lightning_modules.data import ImageData, load_dataset
+from convsweep.lightning_modules.network import ArchitectureError, plan_convnet
+from convsweep.lightning_modules.runner import train_model
+from convsweep.search.config import compose_config
+from convsweep.search.space import parse_space
 
 
 def sampled_specs(cfg: DictConfig, data: ImageData) -> Iterator[tuple[ArchSpec, OptimSpec]]:

@@ -40,12 +40,12 @@ import _common
 import torch
 from lightning.pytorch import Callback
 
-from lightning_modules.arch import ArchSpec, BlockSpec, OptimSpec
-from lightning_modules.data import load_dataset
-from lightning_modules.data.base import seeded_split
-from lightning_modules.network import build_convnet
-from lightning_modules.runner import train_model
-from search.config import compose_config
+from convsweep.lightning_modules.arch import ArchSpec, BlockSpec, OptimSpec
+from convsweep.lightning_modules.data import load_dataset
+from convsweep.lightning_modules.data.base import seeded_split
+from convsweep.lightning_modules.network import build_convnet
+from convsweep.lightning_modules.runner import train_model
+from convsweep.search.config import compose_config
 
 ARCH = ArchSpec(blocks=(BlockSpec(64), BlockSpec(128), BlockSpec(256)))  # 28 -> 14 -> 7 -> 3, then GAP
 VAL_FRACTION = 0.1

@@ -24,11 +24,11 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_modules.arch import ArchSpec, OptimSpec
-from lightning_modules.data import ImageData, load_dataset, make_batches
-from lightning_modules.network import build_convnet
-from lightning_modules.runner import train_model
-from search.config import compose_config
+from convsweep.lightning_modules.arch import ArchSpec, OptimSpec
+from convsweep.lightning_modules.data import ImageData, load_dataset, make_batches
+from convsweep.lightning_modules.network import build_convnet
+from convsweep.lightning_modules.runner import train_model
+from convsweep.search.config import compose_config
 
 
 def raw_loop(data: ImageData, arch: ArchSpec, optim: OptimSpec, epochs: int, seed: int) -> float:

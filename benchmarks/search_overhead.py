@@ -31,12 +31,12 @@ import torch
 from omegaconf import OmegaConf
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-from lightning_modules.arch import ArchSpec, OptimSpec
-from lightning_modules.data import load_dataset
-from lightning_modules.runner import train_model
-from search.config import compose_config, safe_instantiate
-from search.space import SearchSpace, parse_space
-from search.sweep import make_sampler
+from convsweep.lightning_modules.arch import ArchSpec, OptimSpec
+from convsweep.lightning_modules.data import load_dataset
+from convsweep.lightning_modules.runner import train_model
+from convsweep.search.config import compose_config, safe_instantiate
+from convsweep.search.space import SearchSpace, parse_space
+from convsweep.search.sweep import make_sampler
 
 PHASES = ("ask", "sample", "report+prune", "tell")
 

@@ -15,10 +15,10 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from lightning_modules.data import load_dataset
-from lightning_modules.runner import train_model
-from search.config import compose_config
-from search.train import specs_from_config
+from convsweep.lightning_modules.data import load_dataset
+from convsweep.lightning_modules.runner import train_model
+from convsweep.search.config import compose_config
+from convsweep.search.train import specs_from_config
 
 
 def flat(images: torch.Tensor) -> np.ndarray:

@@ -20,11 +20,11 @@ import _common
 import optuna
 import torch
 
-from search import tracking
-from search.config import compose_config
-from search.objective import SweepContext, make_objective
-from search.storage import experiment_id, init_mlflow, open_optuna_storage
-from search.sweep import prepare_sweep
+from convsweep.search import tracking
+from convsweep.search.config import compose_config
+from convsweep.search.objective import SweepContext, make_objective
+from convsweep.search.storage import experiment_id, init_mlflow, open_optuna_storage
+from convsweep.search.sweep import prepare_sweep
 
 
 class TimedClient:

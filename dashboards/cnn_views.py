@@ -18,9 +18,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from dashboards.figures import ViewSkipped, draw_view, fresh_dir, log_views, save_png
-from lightning_modules.data.base import ImageData, Split
-from lightning_modules.runner import evaluate_model
+from convsweep.dashboards.figures import ViewSkipped, draw_view, fresh_dir, log_views, save_png
+from convsweep.lightning_modules.data.base import ImageData, Split
+from convsweep.lightning_modules.runner import evaluate_model
 
 N_IMAGES = 4  # validation images (the first ones, so fixed across trials) in the activation maps
 MAX_MISCLASSIFIED = 25

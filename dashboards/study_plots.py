@@ -21,7 +21,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as optuna_mpl
 
-from dashboards.figures import PlotOutcome, ViewSkipped, draw_view, fresh_dir, log_views, save_png
+from convsweep.dashboards.figures import PlotOutcome, ViewSkipped, draw_view, fresh_dir, log_views, save_png
 
 WIDTH_IN, HEIGHT_IN = 10.0, 6.0  # every PNG is at least 1000 x 600 px (see figures.DPI)
 PANEL_IN = 2.5  # extra width per slice panel or parallel-coordinate axis, so many params stay legible

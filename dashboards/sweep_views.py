@@ -14,10 +14,10 @@ from typing import Any
 import optuna
 from rich.console import Console
 
-from dashboards.cnn_views import log_cnn_views
-from dashboards.leaderboard import ranked_trials
-from dashboards.study_plots import log_study_plots
-from lightning_modules.data import ImageData
+from convsweep.dashboards.cnn_views import log_cnn_views
+from convsweep.dashboards.leaderboard import ranked_trials
+from convsweep.dashboards.study_plots import log_study_plots
+from convsweep.lightning_modules.data import ImageData
 
 
 def log_sweep_views(study: optuna.Study, client: Any, parent_run_id: str, metric: str, data: ImageData | None,

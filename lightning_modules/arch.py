@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-from lightning_modules.errors import ConvsweepError
+from convsweep.errors import ConvsweepError
 
 DOWNSAMPLE = ("maxpool", "avgpool", "stride", "none")
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")

@@ -11,7 +11,7 @@ from lightning.pytorch import LightningModule
 from torch import nn
 from torch.nn import functional as F
 
-from lightning_modules.arch import OptimSpec
+from convsweep.lightning_modules.arch import OptimSpec
 
 METRICS = ("val/acc", "val/loss", "train/loss", "train/acc")  # every name a trial logs per epoch
 

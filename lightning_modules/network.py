@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lightning_modules.arch import ArchSpec, BlockSpec
-from lightning_modules.errors import ConvsweepError
+from convsweep.lightning_modules.arch import ArchSpec, BlockSpec
+from convsweep.errors import ConvsweepError
 
 
 class ArchitectureError(ConvsweepError, ValueError):

@@ -20,11 +20,11 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from torch.nn import functional as F
 
-from lightning_modules.arch import ArchSpec, OptimSpec
-from lightning_modules.data import ImageData, make_batches
-from lightning_modules.data.base import Split
-from lightning_modules.module import ConvNetModule
-from lightning_modules.network import ConvNet, NetworkPlan, build_convnet
+from convsweep.lightning_modules.arch import ArchSpec, OptimSpec
+from convsweep.lightning_modules.data import ImageData, make_batches
+from convsweep.lightning_modules.data.base import Split
+from convsweep.lightning_modules.module import ConvNetModule
+from convsweep.lightning_modules.network import ConvNet, NetworkPlan, build_convnet
 
 
 class EpochHistory(Callback):

@@ -8,11 +8,10 @@ changing the working directory or writing output folders.
 from __future__ import annotations
 
 import functools
-import importlib.util
 from pathlib import Path
 from typing import Any, Iterable
 
-from lightning_modules.errors import ConvsweepError
+from convsweep.errors import ConvsweepError
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 GROUPS = ("dataset", "search_space", "sampler", "pruner", "trainer", "tracking", "arch", "experiment")
@@ -28,14 +27,10 @@ ALLOWED_TARGETS = frozenset({
 
 
 def conf_dir() -> Path:
-    """The shipped `conf/` folder (the `convsweep_conf` package data, editable or installed)."""
-    spec = importlib.util.find_spec("convsweep_conf")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        if (Path(location) / "config.yaml").is_file():
-            return Path(location)
-    fallback = Path(__file__).resolve().parent.parent / "conf"
-    if (fallback / "config.yaml").is_file():
-        return fallback
+    """The shipped `conf/` folder: beside `search/` in the checkout, and at `convsweep/conf` when installed."""
+    folder = Path(__file__).resolve().parent.parent / "conf"  # the same relative place in both layouts
+    if (folder / "config.yaml").is_file():
+        return folder
     raise ConvsweepError("cannot find convsweep's conf/ folder; reinstall with: pip install -e '.[dev]'")
 
 
@@ -223,7 +218,7 @@ SECRET_URIS = ("optuna_storage", "mlflow_uri", "artifact_location")  # keys unde
 
 def safe_container(cfg: DictConfig) -> dict:
     """The resolved config as plain data with passwords in the tracking URIs masked: safe to store anywhere."""
-    from search.storage import mask_uri
+    from convsweep.search.storage import mask_uri
 
     data = OmegaConf.to_container(cfg, resolve=True)
     tracking = data.get("tracking") if isinstance(data, dict) else None
@@ -240,7 +235,7 @@ def to_yaml(cfg: DictConfig) -> str:
 
 def check_metric(cfg: DictConfig) -> None:
     """One metric name feeds pruning, checkpointing, objective and leaderboard: it must exist."""
-    from lightning_modules.module import METRICS
+    from convsweep.lightning_modules.module import METRICS
 
     metric, direction = str(cfg.search.metric), str(cfg.search.direction)
     if metric not in METRICS:

@@ -13,15 +13,15 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna_integration import PyTorchLightningPruningCallback
 
-from lightning_modules.arch import ArchSpec, OptimSpec
-from lightning_modules.data import ImageData
-from lightning_modules.network import ArchitectureError, plan_convnet
-from lightning_modules.runner import EpochHistory, TrainResult, train_model
-from search import tracking
-from search.config import safe_container, to_yaml
-from search.environment import environment_record
-from search.space import SearchSpace
-from search.storage import Locations, mask_uri
+from convsweep.lightning_modules.arch import ArchSpec, OptimSpec
+from convsweep.lightning_modules.data import ImageData
+from convsweep.lightning_modules.network import ArchitectureError, plan_convnet
+from convsweep.lightning_modules.runner import EpochHistory, TrainResult, train_model
+from convsweep.search import tracking
+from convsweep.search.config import safe_container, to_yaml
+from convsweep.search.environment import environment_record
+from convsweep.search.space import SearchSpace
+from convsweep.search.storage import Locations, mask_uri
 
 
 @dataclass

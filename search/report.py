@@ -5,13 +5,13 @@ from __future__ import annotations
 from omegaconf import DictConfig
 from rich.console import Console
 
-from dashboards.leaderboard import leaderboard, leaderboard_table, ranked_trials, state_counts
-from dashboards.sweep_views import log_sweep_views
-from lightning_modules.data import load_dataset
-from lightning_modules.errors import ConvsweepError
-from search.reproduce import stored_trial_config
-from search.storage import init_mlflow, resolve_locations
-from search.sweep import ensure_study_exists
+from convsweep.dashboards.leaderboard import leaderboard, leaderboard_table, ranked_trials, state_counts
+from convsweep.dashboards.sweep_views import log_sweep_views
+from convsweep.lightning_modules.data import load_dataset
+from convsweep.errors import ConvsweepError
+from convsweep.search.reproduce import stored_trial_config
+from convsweep.search.storage import init_mlflow, resolve_locations
+from convsweep.search.sweep import ensure_study_exists
 
 
 def report(cfg: DictConfig, console: Console) -> int:

@@ -17,16 +17,16 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from lightning_modules.data import load_dataset
-from lightning_modules.data.base import Split
-from lightning_modules.errors import ConvsweepError
-from lightning_modules.runner import evaluate_model
-from search import tracking
-from search.config import merge_onto_schema, to_yaml
-from search.environment import environment_diff, environment_record
-from search.storage import init_mlflow, resolve_locations
-from search.sweep import ensure_study_exists
-from search.train import train_and_track
+from convsweep.lightning_modules.data import load_dataset
+from convsweep.lightning_modules.data.base import Split
+from convsweep.errors import ConvsweepError
+from convsweep.lightning_modules.runner import evaluate_model
+from convsweep.search import tracking
+from convsweep.search.config import merge_onto_schema, to_yaml
+from convsweep.search.environment import environment_diff, environment_record
+from convsweep.search.storage import init_mlflow, resolve_locations
+from convsweep.search.sweep import ensure_study_exists
+from convsweep.search.train import train_and_track
 
 
 def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

@@ -12,9 +12,9 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from lightning_modules.arch import (ACTIVATIONS, DOWNSAMPLE, OPTIMIZERS, PADDING_MODES, POOLINGS, ArchSpec,
+from convsweep.lightning_modules.arch import (ACTIVATIONS, DOWNSAMPLE, OPTIMIZERS, PADDING_MODES, POOLINGS, ArchSpec,
                                     BlockSpec, HeadSpec, OptimSpec, SpecError)
-from lightning_modules.errors import ConvsweepError
+from convsweep.errors import ConvsweepError
 
 
 class SearchSpaceError(ConvsweepError):

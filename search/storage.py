@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from lightning_modules.errors import ConvsweepError
+from convsweep.errors import ConvsweepError
 
 
 class StorageError(ConvsweepError):

@@ -19,14 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.live import Live
 
-from lightning_modules.data import ImageData, load_dataset
-from lightning_modules.errors import ConvsweepError
-from search import tracking
-from search.config import check_metric, safe_instantiate, to_yaml
-from search.objective import SweepContext, make_objective
-from search.progress import Poller, SweepProgress
-from search.space import SearchSpace, parse_space
-from search.storage import Locations, StorageError, experiment_id, init_mlflow, open_optuna_storage, resolve_locations
+from convsweep.lightning_modules.data import ImageData, load_dataset
+from convsweep.errors import ConvsweepError
+from convsweep.search import tracking
+from convsweep.search.config import check_metric, safe_instantiate, to_yaml
+from convsweep.search.objective import SweepContext, make_objective
+from convsweep.search.progress import Poller, SweepProgress
+from convsweep.search.space import SearchSpace, parse_space
+from convsweep.search.storage import Locations, StorageError, experiment_id, init_mlflow, open_optuna_storage, resolve_locations
 
 # Errors that end one trial (recorded as FAIL) without stopping the sweep. Anything else is a bug.
 TRIAL_ERRORS = (ConvsweepError, RuntimeError, FloatingPointError)
@@ -176,7 +176,7 @@ def run_sweep(plan: SweepPlan, console: Console | None = None) -> SweepSummary:
 
 def _log_views(study: optuna.Study, client: Any, parent_id: str, plan: SweepPlan, console: Console) -> None:
     """Sweep-end pictures; a storage error here must not turn a finished sweep into a failed command."""
-    from dashboards.sweep_views import log_sweep_views
+    from convsweep.dashboards.sweep_views import log_sweep_views
 
     try:
         log_sweep_views(study, client, parent_id, str(plan.cfg.search.metric), plan.data,

@@ -14,8 +14,8 @@ from typing import Any, Iterable, Mapping
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from lightning_modules.data import ImageData
-from lightning_modules.runner import EpochHistory
+from convsweep.lightning_modules.data import ImageData
+from convsweep.lightning_modules.runner import EpochHistory
 
 ROLE = "convsweep.role"  # parent | trial | train | reproduction | evaluation
 STUDY = "convsweep.study"

@@ -12,15 +12,15 @@ from typing import Any, Mapping
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_modules.arch import ArchSpec, OptimSpec
-from lightning_modules.data import ImageData, load_dataset
-from lightning_modules.data.base import Split
-from lightning_modules.runner import EpochHistory, TrainResult, train_model
-from search import tracking
-from search.config import check_metric, to_yaml
-from search.environment import environment_record
-from search.objective import run_params, summary_metrics
-from search.storage import experiment_id, init_mlflow, mask_uri, resolve_locations
+from convsweep.lightning_modules.arch import ArchSpec, OptimSpec
+from convsweep.lightning_modules.data import ImageData, load_dataset
+from convsweep.lightning_modules.data.base import Split
+from convsweep.lightning_modules.runner import EpochHistory, TrainResult, train_model
+from convsweep.search import tracking
+from convsweep.search.config import check_metric, to_yaml
+from convsweep.search.environment import environment_record
+from convsweep.search.objective import run_params, summary_metrics
+from convsweep.search.storage import experiment_id, init_mlflow, mask_uri, resolve_locations
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-CONVSWEEP = [sys.executable, "-m", "search.cli"]  # the console script, with this interpreter
+CONVSWEEP = [sys.executable, "-m", "convsweep"]  # the console script, with this interpreter
 CONVSWEEP_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the URL line reaches the output file at once
 UI_START_TIMEOUT_S = 180  # MLflow 3's server answers after 15-40 s here, more on a loaded CI machine
 

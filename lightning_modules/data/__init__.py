@@ -12,20 +12,20 @@ import json
 import os
 from typing import Any, Callable, Mapping
 
-from lightning_modules.data.base import Augment, ImageData, Split
-from lightning_modules.data.batches import make_batches
-from lightning_modules.errors import DatasetError
+from convsweep.lightning_modules.data.base import Augment, ImageData, Split
+from convsweep.lightning_modules.data.batches import make_batches
+from convsweep.errors import DatasetError
 
 __all__ = ["Augment", "ImageData", "Split", "load_dataset", "make_batches"]
 
 # name -> (module, function); imported on first use so that sklearn, torchvision and PIL load only when needed.
 _LOADERS: dict[str, tuple[str, str]] = {
-    "shapes": ("lightning_modules.data.shapes", "load_shapes"),
-    "digits": ("lightning_modules.data.digits", "load_digits_data"),
-    "mnist": ("lightning_modules.data.torchvision_sets", "load_torchvision"),
-    "fashion_mnist": ("lightning_modules.data.torchvision_sets", "load_torchvision"),
-    "cifar10": ("lightning_modules.data.torchvision_sets", "load_torchvision"),
-    "image_folder": ("lightning_modules.data.image_folder", "load_image_folder"),
+    "shapes": ("convsweep.lightning_modules.data.shapes", "load_shapes"),
+    "digits": ("convsweep.lightning_modules.data.digits", "load_digits_data"),
+    "mnist": ("convsweep.lightning_modules.data.torchvision_sets", "load_torchvision"),
+    "fashion_mnist": ("convsweep.lightning_modules.data.torchvision_sets", "load_torchvision"),
+    "cifar10": ("convsweep.lightning_modules.data.torchvision_sets", "load_torchvision"),
+    "image_folder": ("convsweep.lightning_modules.data.image_folder", "load_image_folder"),
 }
 
 _CACHE: dict[str, ImageData] = {}  # json of the resolved dataset config -> the loaded data

@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader
 
-from lightning_modules.data.base import Augment, Split
+from convsweep.lightning_modules.data.base import Augment, Split
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 (B, C, H, W) images, int64 (B,) labels
 

@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 import torch
 
-from lightning_modules.data.base import ImageData, Split, in_memory_data, seeded_split
+from convsweep.lightning_modules.data.base import ImageData, Split, in_memory_data, seeded_split
 
 
 def load_digits_data(cfg: Mapping[str, Any]) -> ImageData:

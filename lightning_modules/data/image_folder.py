@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lightning_modules.data.base import ImageData, Split, channel_stats, in_memory_data, seeded_split
-from lightning_modules.errors import DatasetError
+from convsweep.lightning_modules.data.base import ImageData, Split, channel_stats, in_memory_data, seeded_split
+from convsweep.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

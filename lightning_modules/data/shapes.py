@@ -21,8 +21,8 @@ from typing import Any, Mapping
 
 import torch
 
-from lightning_modules.data.base import ImageData, Split, in_memory_data
-from lightning_modules.errors import DatasetError
+from convsweep.lightning_modules.data.base import ImageData, Split, in_memory_data
+from convsweep.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any, Mapping
 
 import torch
 
-from lightning_modules.data.base import ImageData, Split, in_memory_data, seeded_split
-from lightning_modules.errors import DatasetError
+from convsweep.lightning_modules.data.base import ImageData, Split, in_memory_data, seeded_split
+from convsweep.errors import DatasetError
 
 _CLASS_NAMES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 

@@ -15,9 +15,9 @@ import optuna
 import pytest
 import torch
 
-from lightning_modules.arch import ArchSpec, BlockSpec
-from lightning_modules.data.base import ImageData, Split, in_memory_data
-from lightning_modules.network import ConvNet, build_convnet
+from convsweep.lightning_modules.arch import ArchSpec, BlockSpec
+from convsweep.lightning_modules.data.base import ImageData, Split, in_memory_data
+from convsweep.lightning_modules.network import ConvNet, build_convnet
 
 EPOCHS = 4
 N_TRIALS = 16

@@ -18,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 from playwright.sync_api import Page, expect, sync_playwright
 
-from search.storage import resolve_locations
+from convsweep.search.storage import resolve_locations
 from tests.conftest import CONVSWEEP, CONVSWEEP_ENV, UiProcess
 
 pytestmark = pytest.mark.browser

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from dashboards import cnn_views
-from dashboards.cnn_views import (GAP_PX, activation_maps, confusion_matrix_image, filter_grid, log_cnn_views,
+from convsweep.dashboards import cnn_views
+from convsweep.dashboards.cnn_views import (GAP_PX, activation_maps, confusion_matrix_image, filter_grid, log_cnn_views,
                                   misclassified_grid)
-from dashboards.figures import DPI, save_png
-from lightning_modules.data.base import ImageData
-from lightning_modules.network import ConvNet
-from lightning_modules.runner import evaluate_model
+from convsweep.dashboards.figures import DPI, save_png
+from convsweep.lightning_modules.data.base import ImageData
+from convsweep.lightning_modules.network import ConvNet
+from convsweep.lightning_modules.runner import evaluate_model
 
 CNN_FILES = {"cnn/filters.png", "cnn/activations.png", "cnn/confusion_matrix.png", "cnn/misclassified.png",
              "cnn/per_class_accuracy.json", "cnn/notes.txt"}

@@ -8,7 +8,7 @@ import optuna
 from optuna.trial import TrialState
 from rich.console import Console
 
-from dashboards.leaderboard import leaderboard, leaderboard_table, state_counts
+from convsweep.dashboards.leaderboard import leaderboard, leaderboard_table, state_counts
 
 
 def _render(table: object) -> str:

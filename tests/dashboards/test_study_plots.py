@@ -12,9 +12,9 @@ import pytest
 from optuna.exceptions import ExperimentalWarning
 from PIL import Image
 
-from dashboards import study_plots
-from dashboards.figures import DPI, PlotOutcome
-from dashboards.study_plots import VIEWS, log_study_plots, make_study_plots
+from convsweep.dashboards import study_plots
+from convsweep.dashboards.figures import DPI, PlotOutcome
+from convsweep.dashboards.study_plots import VIEWS, log_study_plots, make_study_plots
 
 SINGLE_OBJECTIVE_VIEWS = set(VIEWS) - {"pareto_front"}
 SweepPlots = tuple[optuna.Study, dict[str, PlotOutcome]]

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from search.storage import experiment_id, open_optuna_storage, resolve_locations
+from convsweep.search.storage import experiment_id, open_optuna_storage, resolve_locations
 from tests.conftest import CONVSWEEP, CONVSWEEP_ENV, UiProcess
 
 STUDY = "ui-study"

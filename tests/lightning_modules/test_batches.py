@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from lightning_modules.data import Augment, Split, make_batches
-from lightning_modules.data.batches import DeviceBatches, LoaderBatches, augment_batch
+from convsweep.lightning_modules.data import Augment, Split, make_batches
+from convsweep.lightning_modules.data.batches import DeviceBatches, LoaderBatches, augment_batch
 
 
 def labelled_split(n: int = 50, size: int = 6) -> Split:

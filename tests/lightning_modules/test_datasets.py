@@ -15,10 +15,10 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-import lightning_modules.data as data_pkg
-from lightning_modules.data import ImageData, load_dataset, make_batches
-from lightning_modules.data import shapes as shapes_module
-from lightning_modules.errors import DatasetError
+import convsweep.lightning_modules.data as data_pkg
+from convsweep.lightning_modules.data import ImageData, load_dataset, make_batches
+from convsweep.lightning_modules.data import shapes as shapes_module
+from convsweep.errors import DatasetError
 
 DatasetCfg = Callable[..., DictConfig]  # the `dataset_cfg` fixture in conftest.py
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_modules.arch import ArchSpec, BlockSpec, HeadSpec, OptimSpec, SpecError
-from lightning_modules.network import ArchitectureError, build_convnet, plan_convnet
+from convsweep.lightning_modules.arch import ArchSpec, BlockSpec, HeadSpec, OptimSpec, SpecError
+from convsweep.lightning_modules.network import ArchitectureError, build_convnet, plan_convnet
 
 
 def arch(*blocks: BlockSpec, **head) -> ArchSpec:

@@ -14,7 +14,7 @@ from tests.search.conftest import tiny_overrides
 
 def convsweep(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
-    return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "convsweep", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 

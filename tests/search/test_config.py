@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from lightning_modules.errors import ConvsweepError
-from search.config import compose_config, load_config_file, safe_instantiate
-from search.storage import mask_uri, resolve_locations
+from convsweep.errors import ConvsweepError
+from convsweep.search.config import compose_config, load_config_file, safe_instantiate
+from convsweep.search.storage import mask_uri, resolve_locations
 
 
 def test_every_group_is_composed_and_overridable() -> None:

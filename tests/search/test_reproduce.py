@@ -10,12 +10,12 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from search import tracking
-from search.cli import main
-from search.config import compose_config
-from search.storage import resolve_locations
-from search.sweep import ensure_study_exists
-from search.train import train_and_track
+from convsweep.search import tracking
+from convsweep.search.cli import main
+from convsweep.search.config import compose_config
+from convsweep.search.storage import resolve_locations
+from convsweep.search.sweep import ensure_study_exists
+from convsweep.search.train import train_and_track
 from tests.search.conftest import tiny_overrides
 
 
@@ -162,7 +162,7 @@ def test_run_without_a_config_artifact_and_study_without_completed_trials_are_on
     assert "has no config.yaml artifact" in capsys.readouterr().err
     empty = compose_config([*overrides, "search.study_name=empty", f"tracking.run_dir={tmp_path}"])
     import optuna
-    from search.storage import open_optuna_storage
+    from convsweep.search.storage import open_optuna_storage
     optuna.create_study(study_name="empty", storage=open_optuna_storage(resolve_locations(empty.tracking)))
     assert main(["best", "--study", "empty", f"tracking.run_dir={tmp_path}"]) == 2
     assert "has no completed trials yet" in capsys.readouterr().err

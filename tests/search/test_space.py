@@ -6,8 +6,8 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from search.config import compose_config
-from search.space import SearchSpaceError, parse_space
+from convsweep.search.config import compose_config
+from convsweep.search.space import SearchSpaceError, parse_space
 
 
 def shipped_space(name: str = "default", *overrides: str):

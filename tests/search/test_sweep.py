@@ -8,10 +8,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 
-from lightning_modules.errors import ConvsweepError
-from search import tracking
-from search.storage import resolve_locations
-from search.sweep import ensure_study_exists, prepare_sweep, run_sweep
+from convsweep.errors import ConvsweepError
+from convsweep.search import tracking
+from convsweep.search.storage import resolve_locations
+from convsweep.search.sweep import ensure_study_exists, prepare_sweep, run_sweep
 
 TS = optuna.trial.TrialState
 
@@ -62,7 +62,7 @@ def test_sweep_records_parent_children_params_metrics_and_resumes(tiny_cfg) -> N
 
     best = study.best_trial
     model = mlflow.pytorch.load_model(best.user_attrs["model_uri"])
-    x = next(iter(__import__("lightning_modules.data", fromlist=["load_dataset"]).load_dataset(cfg.dataset).val.images.split(16)))
+    x = next(iter(__import__("convsweep.lightning_modules.data", fromlist=["load_dataset"]).load_dataset(cfg.dataset).val.images.split(16)))
     assert model(x).shape == (16, 10)
 
     again = run_sweep(prepare_sweep(cfg), quiet())  # same study + storage: resume, not restart

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from search import tracking
-from search.cli import main
-from search.storage import resolve_locations
+from convsweep.search import tracking
+from convsweep.search.cli import main
+from convsweep.search.storage import resolve_locations
 from tests.lightning_modules.test_datasets import make_folder, write_fake_mnist
 
 

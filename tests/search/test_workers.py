@@ -10,9 +10,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 
-from search import tracking
-from search.storage import resolve_locations
-from search.sweep import ensure_study_exists, prepare_sweep, run_sweep
+from convsweep.search import tracking
+from convsweep.search.storage import resolve_locations
+from convsweep.search.sweep import ensure_study_exists, prepare_sweep, run_sweep
 
 
 def check_shared_study(cfg, n_trials: int) -> None:
