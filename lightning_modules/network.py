@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from convsweep.lightning_modules.arch import ArchSpec, BlockSpec
+from convsweep.lightning_modules.arch import ArchSpec, BlockSpec, StemSpec
 from convsweep.errors import ConvsweepError
 
 
@@ -48,35 +48,94 @@ class NetworkPlan:
         return sum(layer.macs for layer in self.layers)
 
 
+@dataclass(frozen=True)
+class ConvOp:
+    """One conv of a block, before its [BN] -> act: the single description both the plan and the builder read."""
+
+    c_in: int
+    c_out: int
+    kernel: int
+    stride: int = 1
+    groups: int = 1  # c_in for a depthwise conv
+
+    @property
+    def pad(self) -> int:
+        return self.kernel // 2
+
+
 def _conv_out(size: int, kernel: int, stride: int, pad: int) -> int:
     return (size + 2 * pad - kernel) // stride + 1
 
 
-def _conv_cost(c_in: int, c_out: int, k: int, h_out: int, w_out: int, bn: bool) -> tuple[int, int]:
-    params = c_in * c_out * k * k + (2 * c_out if bn else c_out)  # weight + (BN affine | bias)
-    return params, c_in * c_out * k * k * h_out * w_out
+def block_ops(block: BlockSpec, c_in: int) -> list[ConvOp]:
+    """The block's main path, in order: `convs` x ([1x1 reduce] -> k x k | depthwise k x k + 1x1), [1x1 pointwise].
+
+    Only the first k x k conv strides (downsample=stride); 1x1 reductions run before it, at full size.
+    """
+    stride = 2 if block.downsample == "stride" else 1
+    k, f = block.kernel_size, block.filters
+    ops: list[ConvOp] = []
+    for j in range(block.convs):
+        c = c_in if j == 0 else f
+        s = stride if j == 0 else 1
+        if block.bottleneck:
+            width = max(1, f // block.bottleneck)  # (B, width, H, W)
+            ops.append(ConvOp(c, width, 1))
+            c = width
+        if block.separable:
+            ops += [ConvOp(c, c, k, s, groups=c), ConvOp(c, f, 1)]
+        else:
+            ops.append(ConvOp(c, f, k, s))
+    if block.pointwise:
+        ops.append(ConvOp(f, f, 1))
+    return ops
+
+
+def shortcut_op(block: BlockSpec, c_in: int) -> ConvOp | None:
+    """A residual block's 1x1 projection, needed exactly when the channels or the size change; else identity."""
+    stride = 2 if block.downsample == "stride" else 1
+    if not block.residual or (c_in == block.filters and stride == 1):
+        return None
+    return ConvOp(c_in, block.filters, 1, stride)
+
+
+def _conv_cost(op: ConvOp, h_out: int, w_out: int, bn: bool) -> tuple[int, int]:
+    weights = op.c_in // op.groups * op.c_out * op.kernel * op.kernel
+    params = weights + (2 * op.c_out if bn else op.c_out)  # weight + (BN affine | bias)
+    return params, weights * h_out * w_out
 
 
 def _plan_block(i: int, block: BlockSpec, shape: tuple[int, int, int]) -> LayerPlan:
     c, h, w = shape
-    k, pad = block.kernel_size, block.kernel_size // 2
-    stride = 2 if block.downsample == "stride" else 1
-    if block.padding_mode != "zeros" and pad >= min(h, w):
-        raise ArchitectureError(
-            f"block{i}: {block.padding_mode} padding of {pad} needs a feature map larger than {h}x{w}"
-        )
-    h2, w2 = _conv_out(h, k, stride, pad), _conv_out(w, k, stride, pad)
-    if h2 < 1 or w2 < 1:
-        raise ArchitectureError(f"block{i}: feature map collapses ({h}x{w} -> {h2}x{w2}) with kernel {k}, stride {stride}")
-    params, macs = _conv_cost(c, block.filters, k, h2, w2, block.batch_norm)
-    if block.pointwise:
-        p2, m2 = _conv_cost(block.filters, block.filters, 1, h2, w2, block.batch_norm)
-        params, macs = params + p2, macs + m2
+    params = macs = 0
+    for op in block_ops(block, c):
+        if block.padding_mode != "zeros" and op.pad >= min(h, w):
+            raise ArchitectureError(
+                f"block{i}: {block.padding_mode} padding of {op.pad} needs a feature map larger than {h}x{w}"
+            )
+        h2, w2 = _conv_out(h, op.kernel, op.stride, op.pad), _conv_out(w, op.kernel, op.stride, op.pad)
+        if h2 < 1 or w2 < 1:
+            raise ArchitectureError(
+                f"block{i}: feature map collapses ({h}x{w} -> {h2}x{w2}) with kernel {op.kernel}, stride {op.stride}")
+        p, m = _conv_cost(op, h2, w2, block.batch_norm)
+        params, macs, h, w = params + p, macs + m, h2, w2
+    projection = shortcut_op(block, shape[0])
+    if projection is not None:
+        p, m = _conv_cost(projection, h, w, block.batch_norm)
+        params, macs = params + p, macs + m
     if block.downsample in ("maxpool", "avgpool"):
-        if h2 < 2 or w2 < 2:
-            raise ArchitectureError(f"block{i}: feature map collapses ({h}x{w} -> {h2 // 2}x{w2 // 2}) at the 2x2 {block.downsample}")
-        h2, w2 = h2 // 2, w2 // 2
-    return LayerPlan(f"block{i}", shape, (block.filters, h2, w2), params, macs)
+        if h < 2 or w < 2:
+            raise ArchitectureError(f"block{i}: feature map collapses ({h}x{w} -> {h // 2}x{w // 2}) at the 2x2 {block.downsample}")
+        h, w = h // 2, w // 2
+    return LayerPlan(f"block{i}", shape, (block.filters, h, w), params, macs)
+
+
+def _plan_stem(stem: StemSpec, shape: tuple[int, int, int]) -> LayerPlan:
+    c, h, w = shape
+    op = ConvOp(c, stem.filters, stem.kernel_size)
+    h2, w2 = _conv_out(h, op.kernel, 1, op.pad), _conv_out(w, op.kernel, 1, op.pad)
+    params, macs = _conv_cost(op, h2, w2, bn=True)
+    return LayerPlan("stem", shape, (stem.filters, h2, w2), params, macs)
 
 
 def plan_convnet(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int) -> NetworkPlan:
@@ -89,6 +148,9 @@ def plan_convnet(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes:
     """
     shape = tuple(int(s) for s in input_shape)
     layers = []
+    if spec.stem.filters:
+        layers.append(_plan_stem(spec.stem, shape))  # type: ignore[arg-type]
+        shape = layers[-1].out_shape
     for i, block in enumerate(spec.blocks, start=1):
         layer = _plan_block(i, block, shape)  # type: ignore[arg-type]
         layers.append(layer)
@@ -115,26 +177,46 @@ _ACTIVATIONS = {
 }
 
 
-def make_conv_block(block: BlockSpec, in_channels: int) -> nn.Sequential:
-    """conv -> [BN] -> act -> [1x1 conv -> [BN] -> act] -> [pool]."""
-    stride = 2 if block.downsample == "stride" else 1
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, block.filters, block.kernel_size, stride=stride,
-                  padding=block.kernel_size // 2, padding_mode=block.padding_mode, bias=not block.batch_norm)
-    ]
-    if block.batch_norm:
-        layers.append(nn.BatchNorm2d(block.filters))
-    layers.append(_ACTIVATIONS[block.activation]())
-    if block.pointwise:
-        layers.append(nn.Conv2d(block.filters, block.filters, 1, bias=not block.batch_norm))
-        if block.batch_norm:
-            layers.append(nn.BatchNorm2d(block.filters))
+def _conv_bn(op: ConvOp, batch_norm: bool, padding_mode: str = "zeros") -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(op.c_in, op.c_out, op.kernel, stride=op.stride, padding=op.pad,
+                                         groups=op.groups, padding_mode=padding_mode, bias=not batch_norm)]
+    return layers + [nn.BatchNorm2d(op.c_out)] if batch_norm else layers
+
+
+class ConvBlock(nn.Module):
+    """body -> [+ shortcut -> act] -> [pool]; `shortcut` is None for a plain block, Identity or a 1x1 projection."""
+
+    def __init__(self, body: nn.Sequential, shortcut: nn.Module | None, act: nn.Module, pool: nn.Module) -> None:
+        super().__init__()
+        self.body, self.shortcut, self.act, self.pool = body, shortcut, act, pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shortcut is None:
+            return self.pool(self.body(x))
+        return self.pool(self.act(self.body(x) + self.shortcut(x)))
+
+
+def make_conv_block(block: BlockSpec, in_channels: int) -> ConvBlock:
+    """The block `block_ops` describes: each conv -> [BN] -> act; a residual block's last act follows the sum."""
+    layers: list[nn.Module] = []
+    for op in block_ops(block, in_channels):
+        layers += _conv_bn(op, block.batch_norm, block.padding_mode if op.kernel > 1 else "zeros")
         layers.append(_ACTIVATIONS[block.activation]())
-    if block.downsample == "maxpool":
-        layers.append(nn.MaxPool2d(2))
-    elif block.downsample == "avgpool":
-        layers.append(nn.AvgPool2d(2))
-    return nn.Sequential(*layers)
+    shortcut: nn.Module | None = None
+    if block.residual:
+        layers.pop()  # the last act comes after the sum
+        projection = shortcut_op(block, in_channels)
+        shortcut = nn.Identity() if projection is None else nn.Sequential(*_conv_bn(projection, block.batch_norm))
+    pool = {"maxpool": nn.MaxPool2d, "avgpool": nn.AvgPool2d}.get(block.downsample)
+    return ConvBlock(nn.Sequential(*layers), shortcut, _ACTIVATIONS[block.activation](),
+                     pool(2) if pool else nn.Identity())
+
+
+def make_stem(stem: StemSpec, in_channels: int) -> nn.Sequential:
+    """conv(k x k) -> BN -> ReLU, or an empty (identity) Sequential when `stem.filters` is 0."""
+    if not stem.filters:
+        return nn.Sequential()
+    return nn.Sequential(*_conv_bn(ConvOp(in_channels, stem.filters, stem.kernel_size), True), nn.ReLU(inplace=True))
 
 
 def make_head(spec: ArchSpec, feature_shape: tuple[int, int, int], num_classes: int) -> nn.Sequential:
@@ -172,7 +254,7 @@ class InputNorm(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """input_norm -> blocks (one nn.Sequential per conv block) -> head.
+    """input_norm -> stem -> blocks (one `ConvBlock` each) -> head.
 
     `blocks` is a ModuleList so dashboards can hook each block's activation map.
     """
@@ -182,12 +264,13 @@ class ConvNet(nn.Module):
         super().__init__()
         self.plan = plan_convnet(spec, input_shape, num_classes)
         self.input_norm = InputNorm(mean, std)
-        channels = [input_shape[0]] + [b.filters for b in spec.blocks]
+        self.stem = make_stem(spec.stem, input_shape[0])
+        channels = [spec.stem.filters or input_shape[0]] + [b.filters for b in spec.blocks]
         self.blocks = nn.ModuleList(make_conv_block(b, c) for b, c in zip(spec.blocks, channels))
         self.head = make_head(spec, self.plan.feature_shape, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.input_norm(x)
+        x = self.stem(self.input_norm(x))
         for block in self.blocks:
             x = block(x)
         return x  # (B, C, H, W) entering the head
