@@ -23,7 +23,7 @@ from convsweep.lightning_modules.arch import ArchSpec, OptimSpec
 from convsweep.lightning_modules.data import ImageData, load_dataset
 from convsweep.lightning_modules.network import ArchitectureError, plan_convnet
 from convsweep.lightning_modules.runner import train_model
-from convsweep.search.config import compose_config
+from convsweep.search.compose import compose_config
 from convsweep.search.space import parse_space
 
 

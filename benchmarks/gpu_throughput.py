@@ -45,7 +45,7 @@ from convsweep.lightning_modules.data import load_dataset
 from convsweep.lightning_modules.data.base import seeded_split
 from convsweep.lightning_modules.network import build_convnet
 from convsweep.lightning_modules.runner import train_model
-from convsweep.search.config import compose_config
+from convsweep.search.compose import compose_config
 
 ARCH = ArchSpec(blocks=(BlockSpec(64), BlockSpec(128), BlockSpec(256)))  # 28 -> 14 -> 7 -> 3, then GAP
 VAL_FRACTION = 0.1

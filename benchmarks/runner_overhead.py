@@ -28,7 +28,7 @@ from convsweep.lightning_modules.arch import ArchSpec, OptimSpec
 from convsweep.lightning_modules.data import ImageData, load_dataset, make_batches
 from convsweep.lightning_modules.network import build_convnet
 from convsweep.lightning_modules.runner import train_model
-from convsweep.search.config import compose_config
+from convsweep.search.compose import compose_config
 
 
 def raw_loop(data: ImageData, arch: ArchSpec, optim: OptimSpec, epochs: int, seed: int) -> float:

@@ -34,9 +34,10 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from convsweep.lightning_modules.arch import ArchSpec, OptimSpec
 from convsweep.lightning_modules.data import load_dataset
 from convsweep.lightning_modules.runner import train_model
-from convsweep.search.config import compose_config, safe_instantiate
+from convsweep.search.compose import compose_config
+from convsweep.search.allowlist import safe_instantiate
 from convsweep.search.space import SearchSpace, parse_space
-from convsweep.search.sweep import make_sampler
+from convsweep.search.samplers import make_sampler
 
 PHASES = ("ask", "sample", "report+prune", "tell")
 

@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from convsweep.lightning_modules.data import load_dataset
 from convsweep.lightning_modules.runner import train_model
-from convsweep.search.config import compose_config
+from convsweep.search.compose import compose_config
 from convsweep.search.train import specs_from_config
 
 

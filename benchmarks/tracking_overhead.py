@@ -2,7 +2,7 @@
 
 Claim: MLflow tracking costs at most 5% of a 10-epoch trial's time on the default local
 SQLite store. The trials are real: the sweep's own objective (`make_objective`) samples,
-trains and records each one, with every `MlflowClient` method and `tracking.log_model`
+trains and records each one, with every `MlflowClient` method and `log_model`
 wrapped in a timer. Both shares come from the same trials, so load hits them alike.
 
 The once-per-sweep costs are reported apart: opening a fresh store (its SQLite
@@ -20,11 +20,12 @@ import _common
 import optuna
 import torch
 
-from convsweep.search import tracking
-from convsweep.search.config import compose_config
-from convsweep.search.objective import SweepContext, make_objective
+from convsweep.search import objective as objective_module
+from convsweep.search.compose import compose_config
+from convsweep.search.objective import make_objective
+from convsweep.search.parent_run import start_parent_run
+from convsweep.search.preflight import prepare_sweep
 from convsweep.search.storage import experiment_id, init_mlflow, open_optuna_storage
-from convsweep.search.sweep import prepare_sweep
 
 
 class TimedClient:
@@ -76,14 +77,15 @@ def main() -> None:
         client = TimedClient(raw_client, spent)
         start = time.perf_counter()
         exp_id = experiment_id(client, str(cfg.tracking.experiment_name), plan.locations)
-        parent_id, _ = tracking.start_parent_run(client, exp_id, "bench", params={"bench": 1}, tags={})
+        parent_id, _ = start_parent_run(client, exp_id, "bench", params={"bench": 1}, tags={})
         once["experiment + parent run"] = time.perf_counter() - start
         spent.clear()
-        tracking.log_model = _timed(tracking.log_model, "log_model (fluent)", spent)  # the objective calls it via the module
+        objective_module.log_model = _timed(objective_module.log_model, "log_model (fluent)", spent)  # the name the objective calls
 
         study = optuna.create_study(storage=open_optuna_storage(plan.locations), study_name="bench", direction="maximize",
                                     sampler=optuna.samplers.RandomSampler(seed=0))
-        objective = make_objective(SweepContext(cfg, plan.space, plan.data, plan.locations, client, exp_id, parent_id))
+        plan.client, plan.experiment_id, plan.parent_run_id = client, exp_id, parent_id
+        objective = make_objective(plan)
         rows = []
 
         def timed_objective(trial: optuna.Trial) -> float:

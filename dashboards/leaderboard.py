@@ -16,11 +16,11 @@ from rich.table import Table
 
 
 def _architecture(trial: FrozenTrial) -> tuple[int | None, list[int]]:
-    """(depth, per-block filters) from the trial's stored config, which also covers a fixed depth and
+    """(depth, per-block filters) from the trial's `filters` attr, which also covers a fixed depth and
     pyramid widths; from the sampled `depth` and `block<i>.filters` params for trials without one."""
-    blocks = ((trial.user_attrs.get("config") or {}).get("arch") or {}).get("blocks")
-    if blocks:
-        return len(blocks), [int(block["filters"]) for block in blocks]
+    filters = trial.user_attrs.get("filters")
+    if filters:
+        return len(filters), [int(f) for f in filters]
     depth = trial.params.get("depth")
     names = (f"block{i}.filters" for i in range(1, int(depth or 0) + 1))
     return depth, [trial.params[name] for name in names if name in trial.params]

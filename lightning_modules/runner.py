@@ -14,7 +14,7 @@ import signal
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
@@ -32,10 +32,14 @@ class EpochHistory(Callback):
 
     The one metric (`search.metric`) decides both what the pruner sees and which epoch's
     weights become the trial's model, so the checkpoint and the objective always agree.
+    Listeners (e.g. MLflow logging) get each row as it is recorded: the history calls them
+    itself, so no callback list has to put them in the right order.
     """
 
-    def __init__(self, metric: str, direction: str = "maximize") -> None:
+    def __init__(self, metric: str, direction: str = "maximize",
+                 listeners: Sequence[Callable[[dict[str, float]], None]] = ()) -> None:
         self.metric, self.maximize = metric, direction == "maximize"
+        self.listeners = list(listeners)
         self.epochs: list[dict[str, float]] = []
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_epoch = -1
@@ -50,6 +54,8 @@ class EpochHistory(Callback):
         row = {k: float(v) for k, v in trainer.callback_metrics.items()}  # one host sync per epoch
         row["epoch"] = float(trainer.current_epoch)
         self.epochs.append(row)
+        for listener in self.listeners:
+            listener(row)
         value = row.get(self.metric)
         if value is None:
             return

@@ -24,7 +24,8 @@ DEFAULT_UI_PORT = 5000
 
 
 def _compose(args: argparse.Namespace, extra: Sequence[str] = ()) -> Any:
-    from convsweep.search.config import compose_config, load_config_file
+    from convsweep.search.compose import compose_config
+    from convsweep.search.readback import load_config_file
 
     overrides = [*extra, *getattr(args, "overrides", [])]
     if getattr(args, "study", None):
@@ -42,9 +43,8 @@ def _console() -> Any:
 
 def ui_hint(cfg: Any) -> str:
     """The command that opens the MLflow UI on this config's store."""
+    from convsweep.search.compose import compose_config
     from convsweep.search.storage import resolve_locations
-
-    from convsweep.search.config import compose_config
 
     loc = resolve_locations(cfg.tracking)
     hint = "convsweep ui"
@@ -59,7 +59,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """convsweep sweep [overrides]"""
     cfg = _compose(args)  # config errors surface before the heavy imports below
     from convsweep.dashboards.leaderboard import leaderboard, leaderboard_table, state_counts
-    from convsweep.search.sweep import ensure_study_exists, prepare_sweep, run_sweep
+    from convsweep.search.preflight import prepare_sweep
+    from convsweep.search.studies import ensure_study_exists
+    from convsweep.search.sweep import run_sweep
 
     console = _console()
     plan = prepare_sweep(cfg)
@@ -100,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     """convsweep config [overrides]"""
-    from convsweep.search.config import to_yaml
+    from convsweep.search.masking import to_yaml
 
     print(to_yaml(_compose(args)), end="")
     return 0
@@ -108,7 +110,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_best(args: argparse.Namespace) -> int:
     """convsweep best --study NAME [-o best.yaml] [--register NAME]"""
-    from convsweep.search.reproduce import export_best
+    from convsweep.search.best import export_best
 
     return export_best(_compose(args), args.output, args.register, _console())
 
@@ -120,7 +122,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     run_ids = [o for o in args.overrides if "=" not in o]
     args.overrides = [o for o in args.overrides if "=" in o]
     if len(run_ids) > 1 or (not run_ids and not args.study):
-        from convsweep.errors import ConvsweepError
+        from convsweep.errors import ConvsweepError  # noqa: PLC0415 - the CLI imports lazily
 
         raise ConvsweepError("give one MLflow RUN_ID of a trial, or --study NAME for the study's best trial")
     return reproduce(_compose(args), run_ids[0] if run_ids else None, args.tolerance, args.force, _console())
@@ -128,7 +130,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """convsweep evaluate --study NAME | --config-file F"""
-    from convsweep.search.reproduce import evaluate
+    from convsweep.search.evaluate import evaluate
 
     return evaluate(_compose(args), from_study=args.config_file is None, train_on_val=args.train_on_val,
                     register=args.register, console=_console())
@@ -143,7 +145,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """convsweep ui [--port 5000] [--host 127.0.0.1] [--optuna]"""
-    from convsweep.dashboards.ui import serve_ui
+    from convsweep.search.ui import serve_ui
 
     return serve_ui(_compose(args), host=args.host, port=args.port, optuna_port=args.optuna_port if args.optuna else None,
                     console=_console())

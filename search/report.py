@@ -9,9 +9,9 @@ from convsweep.dashboards.leaderboard import leaderboard, leaderboard_table, ran
 from convsweep.dashboards.sweep_views import log_sweep_views
 from convsweep.lightning_modules.data import load_dataset
 from convsweep.errors import ConvsweepError
-from convsweep.search.reproduce import stored_trial_config
+from convsweep.search.readback import trial_config
 from convsweep.search.storage import init_mlflow, resolve_locations
-from convsweep.search.sweep import ensure_study_exists
+from convsweep.search.studies import ensure_study_exists
 
 
 def report(cfg: DictConfig, console: Console) -> int:
@@ -25,8 +25,8 @@ def report(cfg: DictConfig, console: Console) -> int:
     rows = leaderboard(study, metric, 10)
     console.print(leaderboard_table(rows, metric, f"leaderboard: {study.study_name}", states=state_counts(study)))
     best = ranked_trials(study, 1)
-    data = load_dataset(stored_trial_config(best[0], cfg).dataset) if best else None
     client = init_mlflow(loc)
+    data = load_dataset(trial_config(client, best[0], cfg).dataset) if best else None
     if data is None:
         console.print("no completed trial yet: only the study plots that need none are drawn")
     log_sweep_views(study, client, parent, metric, data, int(cfg.search.top_k_views), console)

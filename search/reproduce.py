@@ -1,87 +1,22 @@
-"""From a finished sweep to a shippable model: `best`, `reproduce` and `evaluate`.
-
-A config read back from the tracking store is data: it is merged onto the shipped schema
-(unknown keys refused) and only ever instantiates the allow-listed builders.
-"""
+"""`convsweep reproduce`: re-run a trial from its stored config and seed, and compare every epoch."""
 
 from __future__ import annotations
 
-import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
-import optuna
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from convsweep.lightning_modules.data import load_dataset
-from convsweep.lightning_modules.data.base import Split
 from convsweep.errors import ConvsweepError
-from convsweep.lightning_modules.runner import evaluate_model
-from convsweep.search import tracking
-from convsweep.search.config import merge_onto_schema, to_yaml
+from convsweep.lightning_modules.data import load_dataset
+from convsweep.search import run_records as rr
+from convsweep.search.best import best_trials
 from convsweep.search.environment import environment_diff, environment_record
+from convsweep.search.readback import run_config
 from convsweep.search.storage import init_mlflow, resolve_locations
-from convsweep.search.sweep import ensure_study_exists
+from convsweep.search.studies import ensure_study_exists
 from convsweep.search.train import train_and_track
-
-
-def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The best trial, or the Pareto set of a multi-objective study."""
-    try:
-        return list(study.best_trials) if len(study.directions) > 1 else [study.best_trial]
-    except ValueError:
-        raise ConvsweepError(f"study '{study.study_name}' has no completed trials yet; run `convsweep sweep` first") from None
-
-
-def stored_trial_config(trial: optuna.trial.FrozenTrial, cfg: DictConfig) -> DictConfig:
-    """A trial's stored config, checked against the schema, pointed at the current storage."""
-    stored = trial.user_attrs.get("config")
-    if not stored:
-        raise ConvsweepError(f"trial {trial.number} has no stored config (it was not made by convsweep)")
-    return _rebase(stored, cfg, f"trial {trial.number}")
-
-
-def _rebase(stored: dict, cfg: DictConfig, source: str) -> DictConfig:
-    data = dict(stored)
-    data["tracking"] = OmegaConf.to_container(cfg.tracking)  # where this command reads and writes
-    return merge_onto_schema(data, source=source)
-
-
-def export_best(cfg: DictConfig, output: str, register: str | None, console: Console) -> int:
-    """`convsweep best`: print the best trial (or Pareto set) and write it as a standalone config."""
-    loc = resolve_locations(cfg.tracking)
-    study = ensure_study_exists(loc, str(cfg.search.study_name))
-    trials = best_trials(study)
-    table = Table(title=f"best of study {study.study_name}" if len(trials) == 1 else f"Pareto set of {study.study_name}")
-    for col in ("trial", str(cfg.search.metric), "param", "value"):
-        table.add_column(col)
-    for t in trials:
-        for i, (k, v) in enumerate(sorted(t.params.items())):
-            table.add_row(str(t.number) if i == 0 else "", f"{t.values}" if i == 0 else "", k,
-                          f"{v:.4g}" if isinstance(v, float) else str(v))
-    console.print(table)
-    best = trials[0]
-    best_cfg = stored_trial_config(best, cfg)
-    header = (f"# Best trial {best.number} of study '{study.study_name}': {cfg.search.metric} = {best.values}\n"
-              f"# MLflow run {best.user_attrs.get('mlflow_run_id')}. Standalone: no search space is needed.\n"
-              f"# Run it with: convsweep train --config-file {Path(output).name}\n")
-    Path(output).write_text(header + to_yaml(best_cfg))
-    console.print(f"wrote {output}; train it with: convsweep train --config-file {output}")
-    if register:
-        uri = best.user_attrs.get("model_uri")
-        if not uri:
-            raise ConvsweepError(f"trial {best.number} has no logged model (search.log_models=none?); "
-                                 f"use `convsweep evaluate --study {study.study_name} --register {register}`")
-        import mlflow
-
-        init_mlflow(loc)
-        version = mlflow.register_model(uri, register)
-        console.print(f"registered models:/{register}/{version.version} (load: mlflow.pytorch.load_model('models:/{register}/latest'))")
-    return 0
 
 
 def _get_run(client: Any, run_id: str) -> Any:
@@ -91,17 +26,6 @@ def _get_run(client: Any, run_id: str) -> Any:
         return client.get_run(run_id)
     except MlflowException:
         raise ConvsweepError(f"no MLflow run with id {run_id} in this store; list runs with `convsweep ui`") from None
-
-
-def _stored_config(client: Any, run_id: str) -> dict:
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = client.download_artifacts(run_id, "config.yaml", tmp)
-        except (MlflowException, OSError):
-            raise ConvsweepError(f"run {run_id} has no config.yaml artifact, so it cannot be re-run") from None
-        return OmegaConf.to_container(OmegaConf.load(path))
 
 
 def reproduce(cfg: DictConfig, run_id: str | None, tolerance: float, force: bool, console: Console) -> int:
@@ -115,10 +39,10 @@ def reproduce(cfg: DictConfig, run_id: str | None, tolerance: float, force: bool
         study = ensure_study_exists(loc, str(cfg.search.study_name))
         run_id = best_trials(study)[0].user_attrs.get("mlflow_run_id")
     run = _get_run(client, run_id)
-    if run.data.tags.get(tracking.ROLE) not in ("trial", "train"):
-        raise ConvsweepError(f"run {run_id} is not a trial (its role is {run.data.tags.get(tracking.ROLE, 'unknown')}); "
+    if run.data.tags.get(rr.ROLE) not in ("trial", "train"):
+        raise ConvsweepError(f"run {run_id} is not a trial (its role is {run.data.tags.get(rr.ROLE, 'unknown')}); "
                              "give the run id of a trial (a child run of a sweep)")
-    rcfg = _rebase(_stored_config(client, run_id), cfg, f"run {run_id}")
+    rcfg = run_config(client, run_id, cfg)
     metric = str(rcfg.search.metric)
     data = load_dataset(rcfg.dataset)
     recorded_fp = run.data.tags.get("data.fingerprint")
@@ -149,53 +73,10 @@ def reproduce(cfg: DictConfig, run_id: str | None, tolerance: float, force: bool
         table.add_row(str(epoch), f"{original[epoch]:.6f}", "-" if again is None else f"{again:.6f}", f"{diff:.2e}")
     console.print(table)
     worst = max(diffs)
-    tracking.log_batch(new.client, new.run_id, metrics={"reproduce/max_abs_diff": worst if worst != float("inf") else -1.0},
+    rr.log_batch(new.client, new.run_id, metrics={"reproduce/max_abs_diff": worst if worst != float("inf") else -1.0},
                        tags={"convsweep.reproduce_match": str(worst <= tolerance)})
     if worst <= tolerance:
         console.print(f"[green]reproduced[/]: every epoch's {metric} within {tolerance:g} (max |diff| {worst:.2e})")
         return 0
     console.print(f"[red]not reproduced[/]: max |diff| {worst:.2e} > tolerance {tolerance:g}")
     return 1
-
-
-def _train_plus_val(train: Split, val: Split) -> Split:
-    if not (train.in_memory and val.in_memory):
-        raise ConvsweepError("--train-on-val needs an in-memory dataset (this one streams from disk)")
-    return Split(torch.cat([train.images, val.images]), torch.cat([train.labels, val.labels]))
-
-
-def evaluate(cfg: DictConfig, from_study: bool, train_on_val: bool, register: str | None, console: Console) -> int:
-    """`convsweep evaluate`: train the chosen config, then evaluate it once on the held-out test split."""
-    loc = resolve_locations(cfg.tracking)
-    parent = None
-    source = "config file"
-    if from_study:
-        study = ensure_study_exists(loc, str(cfg.search.study_name))
-        best = best_trials(study)[0]
-        ecfg = stored_trial_config(best, cfg)
-        parent = study.user_attrs.get("mlflow_parent_run_id")
-        source = f"trial {best.number} of study {study.study_name}"
-    else:
-        ecfg = cfg
-    data = load_dataset(ecfg.dataset)
-    train_split = _train_plus_val(data.train, data.val) if train_on_val else None
-    run = train_and_track(ecfg, role="evaluation", data=data, run_name=f"evaluate-{ecfg.search.study_name}",
-                          parent_run_id=parent, train_split=train_split, registered_name=register,
-                          tags={tracking.STUDY: str(ecfg.search.study_name), "convsweep.evaluates": source,
-                                "convsweep.train_on_val": str(train_on_val)})
-    result = evaluate_model(run.result.model, data.test, data.num_classes)
-    per_class = dict(zip(data.class_names, result["per_class_acc"]))
-    tracking.log_batch(run.client, run.run_id, metrics={"test/acc": result["acc"], "test/loss": result["loss"],
-                                                        **{f"test/acc_class/{k}": v for k, v in per_class.items()}})
-    run.client.log_text(run.run_id, json.dumps({"test/acc": result["acc"], "per_class_acc": per_class,
-                                                "confusion": result["confusion"].tolist(),
-                                                "class_names": data.class_names}, indent=2), "test_metrics.json")
-    table = Table(title=f"held-out test split ({len(data.test)} images): {source}")
-    table.add_column("class")
-    table.add_column("test acc", justify="right")
-    for name, acc in per_class.items():
-        table.add_row(name, f"{acc:.4f}")
-    table.add_row("[bold]all[/]", f"[bold]{result['acc']:.4f}[/]")
-    console.print(table)
-    console.print(f"MLflow run {run.run_id}" + (f"; registered as models:/{register}/latest" if register else ""))
-    return 0

@@ -17,17 +17,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from convsweep.errors import ConvsweepError
+from convsweep.search.masking import mask_uri
 
 
 class StorageError(ConvsweepError):
     """A storage or tracking location cannot be reached or created."""
-
-
-def mask_uri(uri: str | None) -> str:
-    """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db`; other URIs unchanged."""
-    if not uri:
-        return ""
-    return re.sub(r"(://[^/:@]+):[^@/]*@", r"\1:***@", str(uri))
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from omegaconf import DictConfig, OmegaConf
 
 from convsweep.lightning_modules.arch import ArchSpec, OptimSpec
 from convsweep.lightning_modules.data import ImageData, load_dataset
 from convsweep.lightning_modules.data.base import Split
 from convsweep.lightning_modules.runner import EpochHistory, TrainResult, train_model
-from convsweep.search import tracking
-from convsweep.search.config import check_metric, to_yaml
+from convsweep.search import run_records as rr
+from convsweep.search.dataset_inputs import data_tags, log_dataset
 from convsweep.search.environment import environment_record
+from convsweep.search.masking import mask_uri, to_yaml
+from convsweep.search.model_logging import log_model as log_mlflow_model
 from convsweep.search.objective import run_params, summary_metrics
-from convsweep.search.storage import experiment_id, init_mlflow, mask_uri, resolve_locations
+from convsweep.search.preflight import check_metric
+from convsweep.search.storage import experiment_id, init_mlflow, resolve_locations
 
 
 @dataclass
@@ -64,24 +66,20 @@ def train_and_track(cfg: DictConfig, role: str = "train", tags: Mapping[str, Any
     loc = resolve_locations(cfg.tracking)
     client = init_mlflow(loc)
     exp_id = experiment_id(client, str(cfg.tracking.experiment_name), loc)
-    run_tags = {tracking.ROLE: role, **({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})}
-    run = client.create_run(exp_id, run_name=run_name or f"{role}-{data.name}", tags=run_tags)
-    run_id = run.info.run_id
     env = {f"env.{k}": v for k, v in environment_record().items()}
-    tracking.log_batch(client, run_id, params={**run_params({}, arch, optim), "seed": cfg.seed},
-                       tags={**env, **tracking.data_tags(data), **(tags or {})})
-    client.log_text(run_id, to_yaml(cfg), "config.yaml")
-    tracking.log_dataset(client, run_id, data)
-    history = EpochHistory(metric, direction)
+    run_id = rr.start_child_run(client, exp_id, parent_run_id, run_name or f"{role}-{data.name}", role,
+                                params={**run_params({}, arch, optim), "seed": cfg.seed},
+                                tags={**env, **data_tags(data), **(tags or {})}, config_yaml=to_yaml(cfg))
+    log_dataset(client, run_id, data)
+    history = EpochHistory(metric, direction, listeners=[rr.epoch_logger(client, run_id)])
     try:
         result = train_model(data, arch, optim, cfg.trainer, seed=int(cfg.seed), metric=metric, direction=direction,
-                             callbacks=[tracking.MlflowEpochLogger(client, run_id, history)], history=history,
-                             train_split=train_split)
+                             history=history, train_split=train_split)
     except BaseException as exc:
-        tracking.finish_run(client, run_id, "FAIL", tags={tracking.REASON: mask_uri(f"{type(exc).__name__}: {exc}")[:1000]})
+        rr.finish_run(client, run_id, "FAIL", tags={rr.REASON: mask_uri(f"{type(exc).__name__}: {exc}")[:1000]})
         raise
-    model_uri = tracking.log_model(run_id, result.model, data.input_shape, registered_name) if log_model else None
+    model_uri = log_mlflow_model(run_id, result.model, data.input_shape, registered_name) if log_model else None
     metrics = {**summary_metrics(result.history, metric, direction == "maximize"), "duration_s": result.duration_s,
                "model/params": float(result.plan.params), "model/macs": float(result.plan.macs)}
-    tracking.finish_run(client, run_id, "COMPLETE", metrics, {"device": result.device})
+    rr.finish_run(client, run_id, "COMPLETE", metrics, {"device": result.device})
     return TrackedRun(run_id, result, data, model_uri, client)

@@ -26,7 +26,8 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from convsweep.errors import ConvsweepError
-from convsweep.search.storage import Locations, init_mlflow, mask_uri, resolve_locations
+from convsweep.search.masking import mask_uri
+from convsweep.search.storage import Locations, init_mlflow, resolve_locations
 
 STARTUP_TIMEOUT_S = 120.0  # MLflow 3's server takes 15-20 s to answer on this machine (imports alone)
 POLL_S = 0.5

@@ -42,11 +42,10 @@ def test_a_minimised_metric_ranks_lowest_first(make_study: Callable[..., optuna.
     assert values == sorted(values) and values[0] == study.best_value
 
 
-def test_filters_come_from_the_stored_config_when_widths_are_not_per_block_params() -> None:
+def test_filters_come_from_the_filters_attr_when_widths_are_not_per_block_params() -> None:
     study = optuna.create_study()
-    arch = {"blocks": [{"filters": 16}, {"filters": 32}, {"filters": 64}]}
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.3,
-                                              user_attrs={"config": {"arch": arch}}))
+                                              user_attrs={"filters": [16, 32, 64]}))
 
     (row,) = leaderboard(study, "val/loss")
 

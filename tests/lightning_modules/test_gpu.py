@@ -8,7 +8,7 @@ import torch
 from convsweep.lightning_modules.data import load_dataset, make_batches
 from convsweep.lightning_modules.data.batches import DeviceBatches
 from convsweep.lightning_modules.runner import make_trainer, train_model
-from convsweep.search.config import compose_config
+from convsweep.search.compose import compose_config
 from convsweep.search.train import specs_from_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -31,7 +31,7 @@ def test_plain_install_imports_and_composes_outside_the_checkout(wheel: Path, tm
     target = tmp_path / "site"  # PYTHONPATH comes before site-packages, so the unpacked wheel wins
     zipfile.ZipFile(wheel).extractall(target)  # what `pip install` unpacks; dependencies come from this env
     env = {**os.environ, "PYTHONPATH": str(target), "PYTHONNOUSERSITE": "1"}
-    code = ("import convsweep, convsweep.search.config as c; "
+    code = ("import convsweep, convsweep.search.compose as c; "
             "assert c.__file__.startswith(%r), c.__file__; "
             "print(c.compose_config(['dataset=digits']).dataset.name)") % str(target)
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)

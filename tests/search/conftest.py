@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from convsweep.search.config import compose_config
+from convsweep.search.compose import compose_config
 
 
 def tiny_overrides(run_dir: Path, study: str = "tiny", *extra: str) -> list[str]:

@@ -8,8 +8,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from convsweep.errors import ConvsweepError
-from convsweep.search.config import compose_config, load_config_file, safe_instantiate
-from convsweep.search.storage import mask_uri, resolve_locations
+from convsweep.search.compose import compose_config
+from convsweep.search.readback import load_config_file
+from convsweep.search.allowlist import safe_instantiate
+from convsweep.search.masking import mask_uri
+from convsweep.search.storage import resolve_locations
 
 
 def test_every_group_is_composed_and_overridable() -> None:

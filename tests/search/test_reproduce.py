@@ -10,11 +10,11 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from convsweep.search import tracking
+from convsweep.search import run_records as tracking
 from convsweep.search.cli import main
-from convsweep.search.config import compose_config
+from convsweep.search.compose import compose_config
 from convsweep.search.storage import resolve_locations
-from convsweep.search.sweep import ensure_study_exists
+from convsweep.search.studies import ensure_study_exists
 from convsweep.search.train import train_and_track
 from tests.search.conftest import tiny_overrides
 
@@ -40,9 +40,8 @@ def test_best_exports_a_standalone_config_that_trains_and_reproduces_exactly(swe
     study = ensure_study_exists(resolve_locations({"run_dir": str(root / "runs")}), "repro")
     best = study.best_trial
     assert exported.arch.blocks[0].kernel_size == best.params["block1.kernel_size"]
-    assert exported.seed == best.user_attrs["config"]["seed"]
-
     client = MlflowClient(resolve_locations({"run_dir": str(root / "runs")}).mlflow_uri)
+    assert str(exported.seed) == client.get_run(best.user_attrs["mlflow_run_id"]).data.params["seed"]
     original = client.get_metric_history(best.user_attrs["mlflow_run_id"], "val/acc")
     [version] = client.search_model_versions("name = 'repro-best'")
     assert version.run_id == best.user_attrs["mlflow_run_id"]

@@ -6,7 +6,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from convsweep.search.config import compose_config
+from convsweep.search.compose import compose_config
 from convsweep.search.space import SearchSpaceError, parse_space
 
 

@@ -9,9 +9,11 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 
 from convsweep.errors import ConvsweepError
-from convsweep.search import tracking
+from convsweep.search import run_records as tracking
 from convsweep.search.storage import resolve_locations
-from convsweep.search.sweep import ensure_study_exists, prepare_sweep, run_sweep
+from convsweep.search.preflight import prepare_sweep
+from convsweep.search.studies import ensure_study_exists
+from convsweep.search.sweep import run_sweep
 
 TS = optuna.trial.TrialState
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from convsweep.search import tracking
+from convsweep.search import run_records as tracking
 from convsweep.search.cli import main
 from convsweep.search.storage import resolve_locations
 from tests.lightning_modules.test_datasets import make_folder, write_fake_mnist
