@@ -17,6 +17,7 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 ACTIVATIONS = ("relu", "gelu", "elu", "silu", "leaky_relu", "tanh")
 POOLINGS = ("gap", "flatten")
 OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("cosine", "onecycle", "constant")  # the lr after warm-up: cosine to 0, linear to 0, or flat
 MAX_CONVS = 3  # convs per block
 
 
@@ -153,11 +154,21 @@ class OptimSpec:
     weight_decay: float = 1e-4
     batch_size: int = 128
     momentum: float = 0.9  # sgd only
+    schedule: str = "cosine"  # per optimizer step, after warm-up: cosine | onecycle | constant
+    warmup: float = 0.1  # fraction of the trial's optimizer steps spent ramping the lr up linearly
+    label_smoothing: float = 0.0  # cross-entropy target smoothing, in [0, 1)
+    augment_strength: float = 1.0  # scales the dataset's augmentation: 0 off, 1 as configured
 
     def __post_init__(self) -> None:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         if float(self.lr) <= 0 or int(self.batch_size) < 1:
             raise SpecError(f"lr must be > 0 and batch_size >= 1, got {self.lr}, {self.batch_size}")
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        for name in ("warmup", "label_smoothing"):
+            if not 0.0 <= float(getattr(self, name)) < 1.0:
+                raise SpecError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if float(self.augment_strength) < 0:
+            raise SpecError(f"augment_strength must be >= 0, got {self.augment_strength}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "OptimSpec":
