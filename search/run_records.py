@@ -7,8 +7,11 @@ metric against 5 ms per `log_metric` here), so worker processes never share a fl
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Mapping
+
+from convsweep.search.masking import mask_uri
 
 ROLE = "convsweep.role"  # parent | trial | train | reproduction | evaluation
 STUDY = "convsweep.study"
@@ -41,18 +44,26 @@ def start_child_run(client: Any, experiment_id: str, parent_id: str | None, name
     """
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    run_tags = {ROLE: role, **({MLFLOW_PARENT_RUN_ID: parent_id} if parent_id else {})}
+    # the tags (study, trial number) go in with the run, so a recovery finds a run whose worker died at once
+    run_tags = {ROLE: role, **({MLFLOW_PARENT_RUN_ID: parent_id} if parent_id else {}),
+                **{str(k): str(v)[:_MAX_TAG] for k, v in tags.items()}}
     run = client.create_run(experiment_id, run_name=name, tags=run_tags)
-    log_batch(client, run.info.run_id, params=params, tags=tags)
-    client.log_text(run.info.run_id, config_yaml, "config.yaml")
+    try:
+        log_batch(client, run.info.run_id, params=params)
+        client.log_text(run.info.run_id, config_yaml, "config.yaml")
+    except BaseException as exc:
+        with contextlib.suppress(Exception):  # the store may be what failed: a later recovery closes the run then
+            finish_run(client, run.info.run_id, "FAIL", tags={REASON: mask_uri(f"{type(exc).__name__}: {exc}")[:1000]})
+        raise
     return run.info.run_id
 
 
 def finish_run(client: Any, run_id: str, state: str, metrics: Mapping[str, float] | None = None,
-               tags: Mapping[str, Any] | None = None) -> None:
-    """Final metrics and tags, then the MLflow status that matches the Optuna state."""
+               tags: Mapping[str, Any] | None = None, status: str | None = None) -> None:
+    """Final metrics and tags, then the MLflow status that matches the Optuna state (or `status`, e.g.
+    KILLED for an interrupted trial, which Optuna records as FAIL)."""
     log_batch(client, run_id, metrics=metrics, tags={STATE: state, **(tags or {})})
-    client.set_terminated(run_id, status=MLFLOW_STATUS.get(state, "FINISHED"))
+    client.set_terminated(run_id, status=status or MLFLOW_STATUS.get(state, "FINISHED"))
 
 
 def epoch_logger(client: Any, run_id: str):  # noqa: ANN201 - returns a listener for EpochHistory

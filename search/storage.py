@@ -14,7 +14,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from convsweep.errors import ConvsweepError
 from convsweep.search.masking import mask_uri
@@ -54,8 +54,14 @@ def resolve_locations(tracking: Mapping[str, Any]) -> Locations:
     return Locations(run_dir, str(optuna_url), str(mlflow_uri), str(artifacts))
 
 
-def open_optuna_storage(loc: Locations, create: bool = True) -> Any:
+def open_optuna_storage(loc: Locations, create: bool = True, heartbeat_interval: int = 60, grace_period: int = 180,
+                        stale_trial_callback: Callable[[Any, Any], None] | None = None) -> Any:
     """Open the Optuna storage; a journal file is created only when `create` (so a failed start writes nothing).
+
+    On RDB storages a running trial beats every `heartbeat_interval` seconds; one silent for
+    `grace_period` seconds is failed by the next worker that asks for a trial, which then calls
+    `stale_trial_callback(study, trial)` (search/recovery.py ends its MLflow run). The journal
+    file has no heartbeat: search/lease.py stands in for it.
 
     Raises:
         StorageError: the database is unreachable or the path cannot be created.
@@ -76,7 +82,8 @@ def open_optuna_storage(loc: Locations, create: bool = True) -> Any:
     try:
         with warnings.catch_warnings():  # heartbeat is "experimental" in Optuna but is how stale trials get failed
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(loc.optuna_url, heartbeat_interval=60, grace_period=180,
+            return optuna.storages.RDBStorage(loc.optuna_url, heartbeat_interval=heartbeat_interval,
+                                              grace_period=grace_period, heartbeat_stale_trial_callback=stale_trial_callback,
                                               engine_kwargs={"pool_pre_ping": True})
     except Exception as exc:  # sqlalchemy's OperationalError and friends: message may contain the URL
         reason = mask_uri(" ".join(str(exc).split())).split("(Background")[0][:200]
