@@ -96,8 +96,11 @@ def _slice(study: optuna.Study, metric: str) -> _Plot:
 
 
 def _pareto(study: optuna.Study, metric: str) -> _Plot:
+    """The metric against the model's costs (search.objectives), the front highlighted."""
     if len(study.directions) == 1:
         raise ViewSkipped("single-objective study: no Pareto front")
+    if len(study.directions) > 3:
+        raise ViewSkipped(f"a Pareto plot shows 2 or 3 objectives, the study has {len(study.directions)}")
     _require_completed(study, 1)
     names = study.metric_names or [metric] + [f"objective {i}" for i in range(1, len(study.directions))]
     return _Plot("plot_pareto_front", {"target_names": names})

@@ -2,7 +2,7 @@
 
     convsweep sweep [hydra overrides]            e.g. dataset=digits search.n_trials=30 sampler=random
     convsweep train [--config-file F] [overrides]
-    convsweep best --study NAME [-o best.yaml] [--register NAME]
+    convsweep best --study NAME [-o best.yaml] [--register NAME] [--pick RULE]
     convsweep reproduce RUN_ID | --study NAME [--tolerance T] [--force]
     convsweep evaluate --study NAME | --config-file F [--train-on-val] [--register NAME]
     convsweep report --study NAME
@@ -67,7 +67,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     plan = prepare_sweep(cfg)
     console.print(f"study [bold]{cfg.search.study_name}[/] on {plan.data.name} {plan.data.sizes()} | "
                   f"sampler {cfg.choices.sampler}, pruner {cfg.choices.pruner}, {cfg.search.n_trials} trials "
-                  f"x {cfg.trainer.max_epochs} epochs | metric {cfg.search.metric}")
+                  f"x {cfg.trainer.max_epochs} epochs | metric {cfg.search.metric}"
+                  + (f" | objectives {', '.join(map(str, cfg.search.objectives))} (no pruning: Optuna cannot prune "
+                     "multi-objective trials)" if len(cfg.search.get("objectives") or []) > 1 else ""))
     summary = run_sweep(plan, console)
     study = ensure_study_exists(summary.locations, summary.study_name)
     console.print()
@@ -109,10 +111,10 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    """convsweep best --study NAME [-o best.yaml] [--register NAME]"""
+    """convsweep best --study NAME [-o best.yaml] [--register NAME] [--pick RULE]"""
     from convsweep.search.best import export_best
 
-    return export_best(_compose(args), args.output, args.register, _console())
+    return export_best(_compose(args), args.output, args.register, _console(), pick=args.pick)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -175,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("best", cmd_best, "print the best trial and write it as a standalone config", study=True)
     p.add_argument("-o", "--output", default="best.yaml", help="where to write the config (default: best.yaml)")
     p.add_argument("--register", metavar="NAME", help="register the best trial's model in the MLflow Model Registry")
+    p.add_argument("--pick", metavar="RULE", help="multi-objective: which Pareto trial to write, best:NAME or "
+                                                  "smallest-within:TOL[:NAME] (e.g. smallest-within:0.005)")
     p = add("reproduce", cmd_reproduce, "re-run a trial from its logged config and compare metrics", study=True)
     p.add_argument("--tolerance", type=float, default=1e-6, help="max per-epoch metric difference (default 1e-6)")
     p.add_argument("--force", action="store_true", help="run even if the dataset fingerprint changed")

@@ -15,6 +15,8 @@ from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from convsweep.dashboards.leaderboard import format_cost, ranked_trials
+
 TrialState = optuna.trial.TrialState
 
 
@@ -40,11 +42,9 @@ class SweepProgress:
                     self._reported.add(t.number)
                     self.console.print(self._line(t))
             self.bar.update(self.task, completed=sum(t.state.is_finished() for t in trials))
-            try:
-                best = self.study.best_trial
-                self.best = (best.number, float(best.value))
-            except ValueError:
-                pass
+            best = ranked_trials(self.study, 1)  # by the metric, also in a multi-objective study
+            if best:
+                self.best = (best[0].number, float(best[0].values[0]))
 
     def _line(self, t: optuna.trial.FrozenTrial) -> Text:
         colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(t.state.name, "white")
@@ -55,8 +55,9 @@ class SweepProgress:
 
     def _detail(self, t: optuna.trial.FrozenTrial) -> str:
         """The metric, or why the trial has none: invalid architecture, failure, or the epoch it was pruned at."""
-        if t.value is not None:
-            return f"{self.metric}={t.value:.4f}"
+        if t.values is not None:  # the metric, then any other objectives (model/params, ...)
+            names = self.study.metric_names or [self.metric]
+            return "  ".join([f"{self.metric}={t.values[0]:.4f}"] + [f"{n}={format_cost(v)}" for n, v in zip(names[1:], t.values[1:])])
         if t.user_attrs.get("invalid_reason"):
             return t.user_attrs["invalid_reason"]
         failure = (t.system_attrs.get("fail_reason") or "").strip().splitlines()

@@ -7,21 +7,22 @@ Data flows one way: trial -> sampled (ArchSpec, OptimSpec) -> shape check -> Lig
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Sequence
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna_integration import PyTorchLightningPruningCallback
 
 from convsweep.lightning_modules.arch import ArchSpec, OptimSpec
-from convsweep.lightning_modules.network import ArchitectureError, plan_convnet
+from convsweep.lightning_modules.latency import inference_latency_ms
+from convsweep.lightning_modules.network import ArchitectureError, NetworkPlan, plan_convnet
 from convsweep.lightning_modules.runner import EpochHistory, TrainResult, train_model
 from convsweep.search import run_records as rr
 from convsweep.search.dataset_inputs import data_tags, log_dataset
 from convsweep.search.environment import environment_record
 from convsweep.search.masking import mask_uri, to_yaml
 from convsweep.search.model_logging import log_model
-from convsweep.search.preflight import SweepPlan
+from convsweep.search.preflight import Objective, SweepPlan, sweep_objectives
 
 
 def trial_config(cfg: DictConfig, arch: ArchSpec, optim: OptimSpec, seed: int) -> DictConfig:
@@ -50,22 +51,44 @@ def summary_metrics(history: list[dict[str, float]], metric: str, maximize: bool
     return out
 
 
-def _improves(trial: optuna.Trial, value: float) -> bool:
-    try:
-        best = trial.study.best_value
-    except ValueError:  # no completed trial yet
-        return True
-    return value > best if trial.study.direction == optuna.study.StudyDirection.MAXIMIZE else value < best
+def _beaten(study: optuna.Study, values: Sequence[float], n: int) -> bool:
+    """Whether a completed trial is at least as good as `values` in each of the first `n` objectives.
+
+    n=1: the trial does not improve on the best metric; n=all: it does not join the Pareto front.
+    """
+    signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions[:n]]
+    return any(all(s * a >= s * b for s, a, b in zip(signs, t.values, values))
+               for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def record_budgets(trial: optuna.Trial, net_plan: NetworkPlan, search: DictConfig) -> str | None:
+    """Record each hard limit (search.max_params, search.max_macs) as an Optuna constraint; say why the net is over.
+
+    The constraint is cost / budget - 1 (> 0: over budget), so samplers that read constraints
+    (TPE, NSGA-II, GP) learn where the limit lies from the over-budget trials, which are never trained.
+    """
+    reasons = []
+    for key, cost, text in (("max_params", net_plan.params, f"{net_plan.params:,} params"),
+                            ("max_macs", net_plan.macs, f"{net_plan.macs / 1e6:.1f}M MACs per image")):
+        budget = search.get(key)
+        if budget is None:
+            continue
+        trial.set_constraint(key, cost / float(budget) - 1.0)
+        if cost > float(budget):
+            limit = f"{float(budget):,.0f}" if key == "max_params" else f"{float(budget) / 1e6:g}M"
+            reasons.append(f"{text} exceeds the budget search.{key}={limit}")
+    return "; ".join(reasons) or None
 
 
 def make_objective(sweep: SweepPlan):  # noqa: ANN201 - returns the objective callable
-    """Build `objective(trial) -> float` for `study.optimize`."""
+    """Build `objective(trial) -> float` (or a tuple, one value per `search.objectives`) for `study.optimize`."""
     cfg, data, client = sweep.cfg, sweep.data, sweep.client
     metric, maximize = str(cfg.search.metric), cfg.search.direction == "maximize"
+    objectives = sweep_objectives(cfg)
     env_tags = {f"env.{k}": v for k, v in environment_record().items()}
     dtags = data_tags(data)
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
         arch, optim = sweep.space.sample(trial)
         seed = int(cfg.search.seed) + trial.number
         tcfg = trial_config(cfg, arch, optim, seed)
@@ -81,16 +104,16 @@ def make_objective(sweep: SweepPlan):  # noqa: ANN201 - returns the objective ca
             net_plan = plan_convnet(arch, data.input_shape, data.num_classes)
         except ArchitectureError as exc:
             return _reject(client, trial, run_id, str(exc), str(cfg.search.fail_on_collapse))
-        budget = cfg.search.get("max_macs")
-        if budget and net_plan.macs > float(budget):
-            return _reject(client, trial, run_id, f"{net_plan.macs / 1e6:.1f}M MACs per image exceeds the budget "
-                           f"search.max_macs={float(budget) / 1e6:g}M", "pruned")
+        over_budget = record_budgets(trial, net_plan, cfg.search)
+        if over_budget:
+            return _reject(client, trial, run_id, over_budget, "pruned")
         cost = {"model/params": float(net_plan.params), "model/macs": float(net_plan.macs), "model/flops": 2.0 * net_plan.macs}
         trial.set_user_attr("params_count", net_plan.params)
         trial.set_user_attr("macs", net_plan.macs)
         rr.log_batch(client, run_id, metrics=cost)
         history = EpochHistory(metric, str(cfg.search.direction), listeners=[rr.epoch_logger(client, run_id)])
-        callbacks = [PyTorchLightningPruningCallback(trial, metric)]
+        # Optuna cannot prune a multi-objective trial (Trial.report raises): it trains to the end
+        callbacks = [PyTorchLightningPruningCallback(trial, metric)] if len(objectives) == 1 else []
         try:
             result = train_model(data, arch, optim, cfg.trainer, seed=seed, metric=metric,
                                  direction=str(cfg.search.direction), callbacks=callbacks, history=history)
@@ -102,7 +125,7 @@ def make_objective(sweep: SweepPlan):  # noqa: ANN201 - returns the objective ca
             rr.finish_run(client, run_id, "FAIL", summary_metrics(history.epochs, metric, maximize),
                          {rr.REASON: mask_uri(f"{type(exc).__name__}: {exc}")[:1000]})
             raise
-        return _complete(sweep, trial, run_id, result, maximize)
+        return _complete(sweep, trial, run_id, result, objectives, cost)
 
     return objective
 
@@ -117,14 +140,20 @@ def _reject(client: Any, trial: optuna.Trial, run_id: str, reason: str, mode: st
     raise optuna.TrialPruned(f"invalid architecture: {reason}")
 
 
-def _complete(sweep: SweepPlan, trial: optuna.Trial, run_id: str, result: TrainResult, maximize: bool) -> float:
-    """Record a finished fit; log its model if it is the study's best so far (or always, if asked)."""
+def _complete(sweep: SweepPlan, trial: optuna.Trial, run_id: str, result: TrainResult, objectives: list[Objective],
+              cost: dict[str, float]) -> float | tuple[float, ...]:
+    """Record a finished fit; log its model if it is the study's best so far, or joins the Pareto front (or always,
+    if asked). Returns the metric, or one value per objective in order."""
     metric, client = str(sweep.cfg.search.metric), sweep.client
     value = float(result.best_value)
-    metrics = {**summary_metrics(result.history, metric, maximize), "duration_s": result.duration_s}
-    improves = _improves(trial, value)
+    measured = ({"model/latency_ms": inference_latency_ms(result.model, sweep.data.input_shape, result.device)}
+                if any(o.name == "model/latency_ms" for o in objectives) else {})
+    values = [value] + [{**cost, **measured}[o.name] for o in objectives[1:]]
+    metrics = {**summary_metrics(result.history, metric, objectives[0].direction == "maximize"),
+               "duration_s": result.duration_s, **measured}
+    improves = not _beaten(trial.study, values, 1)
     mode = sweep.cfg.search.log_models
-    if mode == "all" or (mode == "best" and improves):
+    if mode == "all" or (mode == "best" and not _beaten(trial.study, values, len(values))):
         trial.set_user_attr("model_uri", log_model(run_id, result.model, sweep.data.input_shape))
     if improves:
         rr.log_batch(client, sweep.parent_run_id, metrics={f"best/{metric}": value}, step=trial.number,
@@ -133,4 +162,4 @@ def _complete(sweep: SweepPlan, trial: optuna.Trial, run_id: str, result: TrainR
     trial.set_user_attr("device", result.device)
     trial.set_user_attr("duration_s", result.duration_s)
     rr.finish_run(client, run_id, "COMPLETE", metrics, {"device": result.device, "best_epoch": result.best_epoch})
-    return value
+    return value if len(values) == 1 else tuple(values)

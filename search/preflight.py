@@ -52,19 +52,76 @@ def check_metric(cfg: DictConfig) -> None:
         raise ConvsweepError(f"search.direction={direction} does not fit {metric}; use search.direction={wanted}")
 
 
+# What a multi-objective sweep may trade its metric against: costs known from the plan before
+# training (params, MACs per image) or measured after it (latency of one image), all lower-better.
+COST_METRICS = ("model/params", "model/macs", "model/latency_ms")
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One value a trial returns to Optuna: a metric name and its direction."""
+
+    name: str  # search.metric or one of COST_METRICS
+    direction: str  # maximize | minimize
+
+
+def sweep_objectives(cfg: DictConfig) -> list[Objective]:
+    """The study's objectives in order: `search.objectives`, or `search.metric` alone when that is empty.
+
+    The sweep's metric comes first, so pruning, checkpointing, the leaderboard and the plots all
+    read the first value as they do in a single-objective study.
+    """
+    metric, direction = str(cfg.search.metric), str(cfg.search.direction)
+    items = cfg.search.get("objectives") or []
+    example = f"e.g. search.objectives=[{metric}:{direction},model/params:minimize]"
+    if not OmegaConf.is_list(items) and not isinstance(items, list):
+        raise ConvsweepError(f"search.objectives must be a list of NAME:DIRECTION, {example}")
+    if not items:
+        return [Objective(metric, direction)]
+    out: list[Objective] = []
+    for item in items:
+        name, _, wanted = str(item).partition(":")
+        natural = direction if name == metric else "minimize"
+        if name != metric and name not in COST_METRICS:
+            raise ConvsweepError(f"search.objectives: unknown objective '{name}'; use search.metric ({metric}) "
+                                 f"and any of {', '.join(COST_METRICS)}, {example}")
+        if wanted not in ("", "maximize", "minimize"):
+            raise ConvsweepError(f"search.objectives: '{item}': the direction must be maximize or minimize")
+        if wanted and wanted != natural:
+            raise ConvsweepError(f"search.objectives: '{item}' has the wrong direction; use {name}:{natural}")
+        if name in (o.name for o in out):
+            raise ConvsweepError(f"search.objectives: '{name}' appears twice; list each objective once")
+        out.append(Objective(name, natural))
+    if out[0].name != metric:
+        raise ConvsweepError(f"search.objectives must start with the sweep's metric (search.metric={metric}), {example}")
+    return out
+
+
+def _check_budgets(cfg: DictConfig) -> None:
+    """Hard limits on a net's cost: a positive number, or null for none."""
+    for key, unit in (("max_macs", "MACs per image"), ("max_params", "weights per net")):
+        value = cfg.search.get(key)
+        try:
+            ok = value is None or float(value) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConvsweepError(f"search.{key} must be a positive number of {unit}, or null for no budget (got {value!r})")
+
+
 def prepare_sweep(cfg: DictConfig) -> SweepPlan:
     """Check config, space, metric, sampler, pruner and dataset; raise ConvsweepError before writing anything."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the live view reports every trial, failures with their reason
     check_metric(cfg)
+    sweep_objectives(cfg)
     space = parse_space(OmegaConf.to_container(cfg.search_space), space_source(cfg))
     make_sampler(cfg, space)
     safe_instantiate(cfg.pruner)
     if int(cfg.search.n_workers) < 1 or int(cfg.search.n_trials) < 1:
         raise ConvsweepError("search.n_trials and search.n_workers must be >= 1")
-    if cfg.search.get("max_macs") is not None and float(cfg.search.max_macs) <= 0:
-        raise ConvsweepError("search.max_macs must be a positive number of MACs per image, or null for no budget")
+    _check_budgets(cfg)
     data = load_dataset(cfg.dataset)
     locations = resolve_locations(cfg.tracking)
     if not locations.is_journal:

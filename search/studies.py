@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
 
 from convsweep.errors import ConvsweepError
 from convsweep.search.allowlist import safe_instantiate
-from convsweep.search.preflight import SweepPlan
+from convsweep.search.preflight import SweepPlan, sweep_objectives
 from convsweep.search.samplers import make_sampler
 from convsweep.search.storage import Locations, StorageError, open_optuna_storage
 
@@ -14,13 +16,24 @@ from convsweep.search.storage import Locations, StorageError, open_optuna_storag
 def open_study(plan: SweepPlan, worker: int = 0) -> optuna.Study:
     """Create or resume the plan's study with this worker's sampler."""
     cfg = plan.cfg
+    objectives = sweep_objectives(cfg)
     storage = open_optuna_storage(plan.locations)
     try:
-        return optuna.create_study(study_name=str(cfg.search.study_name), storage=storage, load_if_exists=True,
-                                   sampler=make_sampler(cfg, plan.space, worker),
-                                   pruner=safe_instantiate(cfg.pruner), direction=str(cfg.search.direction))
-    except ValueError as exc:  # e.g. resuming with another direction
+        study = optuna.create_study(study_name=str(cfg.search.study_name), storage=storage, load_if_exists=True,
+                                    sampler=make_sampler(cfg, plan.space, worker), pruner=safe_instantiate(cfg.pruner),
+                                    directions=[o.direction for o in objectives])
+    except ValueError as exc:
         raise ConvsweepError(f"cannot open study '{cfg.search.study_name}': {exc}") from None
+    names = [o.name for o in objectives]
+    had = [d.name.lower() for d in study.directions]
+    if had != [o.direction for o in objectives] or study.metric_names not in (None, names):
+        # Optuna loads an existing study with its own directions and says nothing: refuse the mismatch here
+        raise ConvsweepError(f"study '{study.study_name}' optimises {study.metric_names or had}, not {names}; resume "
+                             "it with its own search.metric/search.objectives, or pick another search.study_name")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(names)  # plots, optuna-dashboard and `convsweep best` name the values
+    return study
 
 
 def ensure_study_exists(loc: Locations, study_name: str) -> optuna.Study:
