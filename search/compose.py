@@ -47,22 +47,21 @@ def _explain(exc: Exception, overrides: Iterable[str]) -> str:
 
 
 def compose_config(overrides: Iterable[str] = (), config_name: str = "config") -> DictConfig:
-    """Compose conf/config.yaml with Hydra overrides, resolved, with the chosen group options in `choices`.
+    """Compose conf/config.yaml with Hydra overrides, resolved and type-checked, with the chosen group options
+    in `choices`.
 
     Raises:
-        ConvsweepError: an unknown group option or key, a malformed override, or a missing required value.
+        ConvsweepError: an unknown group option or key, a malformed override, a missing required value, or a
+            value of the wrong type.
     """
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
-
-    from convsweep.search.schema import check_override_types
 
     overrides = list(overrides)
     try:
         cfg = _hydra_compose(config_name, overrides)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ConvsweepError(_explain(exc, overrides)) from None
-    check_override_types(cfg, overrides)
     choices = {k: v for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items() if not k.startswith("hydra")}
     with open_dict(cfg):
         del cfg["hydra"]
@@ -84,7 +83,10 @@ def _hydra_compose(config_name: str, overrides: list[str]) -> DictConfig:
 
 
 def finalize(cfg: DictConfig) -> DictConfig:
-    """Resolve interpolations and refuse missing required values (`???`) with the key to set."""
+    """Resolve interpolations, refuse missing required values (`???`) with the key to set, and check every
+    value against the typed schema (search/schema.py)."""
+    from convsweep.search.schema import check_config
+
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConvsweepError(f"{missing[0]} is required; set it on the command line, e.g. {missing[0]}=/path/to/data")
@@ -92,6 +94,7 @@ def finalize(cfg: DictConfig) -> DictConfig:
         OmegaConf.resolve(cfg)
     except Exception as exc:  # an interpolation to a missing key or env var
         raise ConvsweepError(f"cannot resolve the config: {str(exc).splitlines()[0]}") from None
+    check_config(cfg)
     return cfg
 
 
