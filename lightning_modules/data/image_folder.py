@@ -1,4 +1,4 @@
-"""The user's own images, one sub-folder per class, resized to `image_size` with PIL.
+"""The user's own images, one sub-folder per class (torchvision's `ImageFolder` layout and discovery), resized with PIL.
 
 Two layouts: `<root>/<class>/*`, split here by the seeded `val_fraction` and `test_fraction`,
 or `<root>/train/<class>/*` with optional `val/` and `test/` folders (a missing one is carved
@@ -20,14 +20,15 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torchvision.datasets.folder import find_classes, make_dataset
 
 from convsweep.lightning_modules.data.base import ImageData, Split, channel_stats, in_memory_data, seeded_split
 from convsweep.errors import DatasetError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff",
-                              ".webp"})
+# torchvision's IMG_EXTENSIONS plus what else PIL decodes
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})  # PIL modes read as one channel
 SPLITS = ("train", "val", "test")
 _STATS_SAMPLE = 2000  # images the lazy path decodes for the channel mean/std
@@ -109,19 +110,24 @@ def _split_folders(root: Path) -> dict[str, Path]:
     return {"train": root}
 
 
-def _class_dirs(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _class_names(folder: Path) -> list[str]:
+    """torchvision's class discovery (sorted sub-folder names), less hidden ones such as `.ipynb_checkpoints`."""
+    try:
+        names, _ = find_classes(folder)
+    except FileNotFoundError:  # torchvision's answer to a folder without sub-folders
+        return []
+    return [name for name in names if not name.startswith(".")]
 
 
 def _list_files(folder: Path, class_names: list[str]) -> _Files:
-    paths, labels = [], []
-    for label, name in enumerate(class_names):
-        if not (folder / name).is_dir():
-            continue
-        found = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        paths += found
-        labels += [label] * len(found)
-    return _Files(paths, labels)
+    """Every image under the split's class folders (nested too), labelled by position in `class_names`."""
+    samples = make_dataset(folder, {name: i for i, name in enumerate(class_names)},
+                           extensions=IMAGE_EXTENSIONS, allow_empty=True)
+    return _Files([Path(path) for path, _ in samples], [label for _, label in samples])
+
+
+def _no_training_images(folder: Path) -> DatasetError:
+    return DatasetError(f"no readable training images under {folder}: expected {folder}/<class>/*.png (or .jpg, ...)")
 
 
 def _report_corrupt(bad: list[Path], on_corrupt: str) -> None:
@@ -147,9 +153,11 @@ def _scan(root: Path, cfg: Mapping[str, Any]) -> tuple[dict[str, _Files], list[s
         files per split, class names, the PIL mode of each readable file, unreadable paths.
     """
     folders = _split_folders(root)
-    class_names = _class_dirs(folders["train"])
+    class_names = _class_names(folders["train"])
+    if not class_names:
+        raise _no_training_images(folders["train"])
     for split, folder in folders.items():
-        extra = sorted(set(_class_dirs(folder)) - set(class_names))
+        extra = sorted(set(_class_names(folder)) - set(class_names))
         if extra:
             raise DatasetError(f"{folder} has class folders {extra} that {folders['train']} lacks: "
                                "every class needs training images")
@@ -166,8 +174,7 @@ def _scan(root: Path, cfg: Mapping[str, Any]) -> tuple[dict[str, _Files], list[s
     train = listed["train"]
     listed.update({s: train.take(idx.tolist()) for s, idx in zip(carve, carved)}, train=train.take(rest.tolist()))
     if not listed["train"].paths:
-        raise DatasetError(f"no readable training images under {folders['train']}: expected "
-                           f"{folders['train']}/<class>/*.png (or .jpg, ...)")
+        raise _no_training_images(folders["train"])
     return listed, class_names, modes, bad
 
 
