@@ -9,6 +9,7 @@ import optuna
 from convsweep.errors import ConvsweepError
 from convsweep.search.allowlist import safe_instantiate
 from convsweep.search.preflight import SweepPlan, sweep_objectives
+from convsweep.search.recovery import lost_trial_callback
 from convsweep.search.samplers import make_sampler
 from convsweep.search.storage import Locations, StorageError, open_optuna_storage
 
@@ -17,7 +18,11 @@ def open_study(plan: SweepPlan, worker: int = 0) -> optuna.Study:
     """Create or resume the plan's study with this worker's sampler."""
     cfg = plan.cfg
     objectives = sweep_objectives(cfg)
-    storage = open_optuna_storage(plan.locations)
+    search = cfg.search
+    storage = open_optuna_storage(plan.locations, heartbeat_interval=int(search.heartbeat_interval),
+                                  grace_period=int(search.grace_period),
+                                  stale_trial_callback=lost_trial_callback(plan.client, lambda: plan.experiment_id,
+                                                                           bool(search.retry_lost)))
     try:
         study = optuna.create_study(study_name=str(cfg.search.study_name), storage=storage, load_if_exists=True,
                                     sampler=make_sampler(cfg, plan.space, worker), pruner=safe_instantiate(cfg.pruner),

@@ -2,23 +2,46 @@
 
 One MLflow experiment per study, a parent run per study (reopened when the same study
 resumes), N worker processes sharing the study storage, the live view, and the sweep-level
-pictures at the end. Each step lives in its own module: `samplers`, `studies`, `workers`,
-`parent_run`, `live_view`, `summary`.
+pictures at the end. Each step lives in its own module: `samplers`, `studies`, `recovery`,
+`workers`, `parent_run`, `live_view`, `summary`.
+
+The record stays true on every path: lost trials of earlier sweeps are ended first, a worker
+that dies has its trial ended and given back to the budget, and the parent run ends
+FINISHED, FAILED (a worker crashed, or no trial completed and some failed) or KILLED (Ctrl-C,
+SIGTERM), with its `best.*` tags computed from the study.
 """
 
 from __future__ import annotations
+
+import os
+import time
 
 import optuna
 from rich.console import Console
 from rich.live import Live
 
-from convsweep.errors import ConvsweepError
 from convsweep.search.live_view import Poller, SweepProgress
-from convsweep.search.parent_run import open_sweep_run
+from convsweep.search.parent_run import open_sweep_run, record_best
 from convsweep.search.preflight import SweepPlan
+from convsweep.search.recovery import INTERRUPTED, recover
 from convsweep.search.studies import open_study
 from convsweep.search.summary import SweepSummary, summarize
-from convsweep.search.workers import run_trials, start_workers
+from convsweep.search.workers import Budget, WorkerPool, ignore_signals, interrupt_on_signals, run_trials
+
+
+def _recover(plan: SweepPlan, study: optuna.Study, **kwargs: object) -> list[int]:
+    search = plan.cfg.search
+    return recover(study, plan.client, plan.experiment_id, grace_period=float(search.grace_period),
+                   retry=bool(search.retry_lost), journal=plan.locations.is_journal, **kwargs)  # type: ignore[arg-type]
+
+
+def _lost_by(study: optuna.Study, pid: int) -> int:
+    """How many trials of this host's process `pid` ended lost (by this process's recovery or Optuna's heartbeat)."""
+    from convsweep.dashboards.leaderboard import WORKER_LOST, trial_reason
+    from convsweep.search.lease import LEASE, this_host
+
+    return sum((t.user_attrs.get(LEASE) or {}).get("pid") == pid and t.user_attrs[LEASE].get("host") == this_host()
+               and trial_reason(t) == WORKER_LOST for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
 
 
 def run_sweep(plan: SweepPlan, console: Console | None = None) -> SweepSummary:
@@ -27,36 +50,65 @@ def run_sweep(plan: SweepPlan, console: Console | None = None) -> SweepSummary:
     Args:
         plan: from `prepare_sweep`.
         console: where the live view goes (a quiet one in tests).
+
+    Returns:
+        The summary; its `status` is the parent run's: FINISHED or FAILED. Ctrl-C and SIGTERM
+        raise KeyboardInterrupt after the trials, workers and parent run are ended (KILLED).
     """
     console = console or Console()
     cfg = plan.cfg
-    study = open_study(plan)
-    first = len(study.trials)
-    resumed = open_sweep_run(plan, study)
-    n_trials, n_workers = int(cfg.search.n_trials), int(cfg.search.n_workers)
-    target = first + n_trials
-    if resumed:
-        console.print(f"resuming study [bold]{study.study_name}[/] ({first} earlier trials)")
-    progress = SweepProgress(study, first, n_trials, str(cfg.search.metric), console)
-    status = "FAILED"
-    try:
-        with Live(progress, console=console, refresh_per_second=2, transient=False), Poller(progress):
-            procs = start_workers(plan, n_workers - 1, target)
-            run_trials(plan, study, target if n_workers > 1 else None, n_trials if n_workers == 1 else None)
-            for proc in procs:
-                proc.join()
-            if any(p.exitcode for p in procs):
-                raise ConvsweepError(f"{sum(bool(p.exitcode) for p in procs)} worker process(es) failed; see the messages above")
-        console.print()  # the live view's last line has no newline of its own when stdout is not a terminal
-        _log_views(study, plan, console)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        console.print(f"interrupted: finished trials are kept; run the same command to resume study {study.study_name}")
-        raise
-    finally:
-        plan.client.set_terminated(plan.parent_run_id, status=status)
-    return summarize(study, first, plan.parent_run_id, plan.locations, resumed)
+    with interrupt_on_signals():
+        study = open_study(plan)
+        first = len(study.trials)
+        resumed = open_sweep_run(plan, study)  # from here on the parent run is ended on every path
+        status, pool = "FAILED", None
+        try:
+            lost = _recover(plan, study)
+            if lost:
+                console.print(f"ended {len(lost)} trial(s) whose worker was lost: {', '.join(map(str, lost))}"
+                              + (" (their params are enqueued again)" if cfg.search.retry_lost else ""))
+            if resumed:
+                console.print(f"resuming study [bold]{study.study_name}[/] ({first} earlier trials)")
+            n_trials = int(cfg.search.n_trials)
+            budget = Budget(n_trials)
+            deadline = time.time() + float(cfg.search.timeout) if cfg.search.timeout else None
+            progress = SweepProgress(study, first, n_trials, str(cfg.search.metric), console)
+            with Live(progress, console=console, refresh_per_second=2, transient=False), Poller(progress):
+                pool = WorkerPool(plan, int(cfg.search.n_workers) - 1, budget, deadline)
+
+                def watch() -> None:
+                    """End the trial of each worker that died and give it back to the budget."""
+                    for pid in pool.reap():
+                        _recover(plan, study)
+                        budget.give_back(_lost_by(study, pid))
+
+                run_trials(plan, study, budget, deadline, before_each=watch)
+                while pool.alive():  # the main process runs what a dead worker gives back
+                    pool.wait()
+                    run_trials(plan, study, budget, deadline, before_each=watch)
+                watch()
+            console.print()  # the live view's last line has no newline of its own when stdout is not a terminal
+            summary = summarize(study, first, plan.parent_run_id, plan.locations, resumed,
+                                owners={os.getpid(), *pool.pids}, crashed=pool.crashed)
+            status = summary.status
+            if summary.n_complete:
+                _log_views(study, plan, console)
+        except KeyboardInterrupt:
+            status = "KILLED"
+            if pool is not None:
+                pool.stop()
+            _recover(plan, study, ended_pids={os.getpid(), *(pool.pids if pool else [])}, reason=INTERRUPTED)
+            console.print(f"interrupted: finished trials are kept; run the same command to resume study {study.study_name}")
+            raise
+        finally:
+            ignore_signals()  # the record is being closed: a late SIGTERM must not leave the parent run RUNNING
+            if pool is not None:
+                pool.stop()
+            try:
+                record_best(plan.client, str(plan.parent_run_id), study, str(cfg.search.metric))
+            finally:
+                plan.client.set_terminated(plan.parent_run_id, status=status)
+    return summary
 
 
 def _log_views(study: optuna.Study, plan: SweepPlan, console: Console) -> None:

@@ -1,9 +1,21 @@
-"""Worker processes: each runs `study.optimize` on the shared study until the sweep's quota is reached."""
+"""Worker processes: each takes trials from the sweep's budget and runs them on the shared study.
+
+The budget is the number of trials this invocation adds (`search.n_trials`), one counter
+shared by its local worker processes, so the count is exact however many workers race for
+the last trial; a trial lost with a worker that died is given back to it. SIGTERM, which
+cluster schedulers send, is handled like Ctrl-C in every process, so a trial that is
+interrupted ends FAIL with the reason `interrupted` instead of staying RUNNING.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
-from typing import Any
+import signal
+import sys
+import time
+from multiprocessing.connection import wait
+from typing import Any, Callable, Iterator
 
 import optuna
 from omegaconf import OmegaConf
@@ -11,6 +23,7 @@ from omegaconf import OmegaConf
 from convsweep.errors import ConvsweepError
 from convsweep.lightning_modules.data import load_dataset
 from convsweep.search.objective import make_objective
+from convsweep.search.parent_run import best_tags_callback
 from convsweep.search.preflight import SweepPlan, space_source
 from convsweep.search.space import parse_space
 from convsweep.search.storage import init_mlflow, resolve_locations
@@ -18,32 +31,135 @@ from convsweep.search.studies import open_study
 
 # Errors that end one trial (recorded as FAIL) without stopping the sweep. Anything else is a bug.
 TRIAL_ERRORS = (ConvsweepError, RuntimeError, FloatingPointError)
+INTERRUPTED_EXIT = 130  # a worker process that was interrupted (Ctrl-C, SIGTERM) exits with this, as a shell does
+_SPAWN = multiprocessing.get_context("spawn")  # CUDA and threads start clean in each worker
 
 
-def run_trials(plan: SweepPlan, study: optuna.Study, target_total: int | None, n_trials: int | None) -> None:
-    """One worker's loop: run trials until this sweep's quota (or the timeout) is reached."""
+class Budget:
+    """The trials this invocation may still start, shared by its local worker processes."""
+
+    def __init__(self, n: int) -> None:
+        self._left = _SPAWN.Value("i", n)
+
+    @property
+    def left(self) -> int:
+        return int(self._left.value)
+
+    def take(self) -> bool:
+        """Claim one trial; False when none is left."""
+        with self._left.get_lock():
+            if self._left.value <= 0:
+                return False
+            self._left.value -= 1
+            return True
+
+    def give_back(self, n: int) -> None:
+        """Return trials that were lost with their worker: they do not count."""
+        with self._left.get_lock():
+            self._left.value += n
+
+
+def ignore_signals() -> None:
+    """Ignore Ctrl-C and SIGTERM (until `interrupt_on_signals` restores the handlers it found)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def interrupt_on_signals() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C (SIGINT) does; after the first, both are ignored so
+    the clean-up (ending the trial and its run, stopping workers) is not cut short."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        ignore_signals()
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run_trials(plan: SweepPlan, study: optuna.Study, budget: Budget, deadline: float | None,
+               before_each: Callable[[], None] = lambda: None) -> None:
+    """One worker's loop: claim a trial from the budget and run it, until the budget or the time is spent.
+
+    Args:
+        plan: the sweep.
+        study: this worker's handle on the shared study.
+        budget: shared by the sweep's local workers.
+        deadline: unix seconds after which no trial starts (`search.timeout`), or None.
+        before_each: called before each claim (the main process watches its workers there).
+    """
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # again: spawned workers start with Optuna's default
-    callbacks = [optuna.study.MaxTrialsCallback(target_total, states=None)] if target_total else []
-    timeout = plan.cfg.search.timeout
-    study.optimize(make_objective(plan), n_trials=n_trials, timeout=float(timeout) if timeout else None,
-                   catch=TRIAL_ERRORS, callbacks=callbacks, gc_after_trial=False)
+    objective = make_objective(plan)
+    callbacks = [best_tags_callback(plan.client, str(plan.parent_run_id), str(plan.cfg.search.metric))]
+    while True:
+        before_each()
+        if (deadline is not None and time.time() >= deadline) or not budget.take():
+            return
+        study.optimize(objective, n_trials=1, catch=TRIAL_ERRORS, callbacks=callbacks, gc_after_trial=False)
 
 
-def _worker_main(cfg_container: dict, parent_id: str, exp_id: str, worker: int, target_total: int) -> None:
+def _worker_main(cfg_container: dict, parent_id: str, exp_id: str, worker: int, budget: Budget,
+                 deadline: float | None) -> None:
     """Entry point of an extra local worker process (spawned: fresh interpreter, own dataset cache)."""
-    cfg = OmegaConf.create(cfg_container)
-    locations = resolve_locations(cfg.tracking)
-    plan = SweepPlan(cfg, parse_space(cfg_container["search_space"], space_source(cfg)), load_dataset(cfg.dataset),
-                     locations, init_mlflow(locations), exp_id, parent_id)
-    run_trials(plan, open_study(plan, worker), target_total, None)
+    with interrupt_on_signals():
+        try:
+            cfg = OmegaConf.create(cfg_container)
+            locations = resolve_locations(cfg.tracking)
+            plan = SweepPlan(cfg, parse_space(cfg_container["search_space"], space_source(cfg)),
+                             load_dataset(cfg.dataset), locations, init_mlflow(locations), exp_id, parent_id)
+            run_trials(plan, open_study(plan, worker), budget, deadline)
+        except KeyboardInterrupt:  # the trial has ended `interrupted` already; no traceback for a stop that was asked for
+            sys.exit(INTERRUPTED_EXIT)
 
 
-def start_workers(plan: SweepPlan, n: int, target: int) -> list[Any]:
-    """Start `n` extra local worker processes (spawned, so CUDA and threads start clean)."""
-    ctx = multiprocessing.get_context("spawn")
-    container = OmegaConf.to_container(plan.cfg, resolve=True)
-    procs = [ctx.Process(target=_worker_main, args=(container, plan.parent_run_id, plan.experiment_id, i + 1, target),
-                         daemon=False) for i in range(n)]
-    for proc in procs:
-        proc.start()
-    return procs
+class WorkerPool:
+    """The sweep's extra local worker processes: started, watched and stopped by its main process."""
+
+    def __init__(self, plan: SweepPlan, n: int, budget: Budget, deadline: float | None) -> None:
+        container = OmegaConf.to_container(plan.cfg, resolve=True)
+        self.procs = [_SPAWN.Process(target=_worker_main, daemon=False, name=f"convsweep-worker-{i + 1}",
+                                     args=(container, plan.parent_run_id, plan.experiment_id, i + 1, budget, deadline))
+                      for i in range(n)]
+        for proc in self.procs:
+            proc.start()
+        self.crashed: list[tuple[int, int]] = []  # (pid, exit code) of workers that did not end cleanly
+        self._reaped: set[int] = set()
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.pid is not None]
+
+    def alive(self) -> bool:
+        return any(p.exitcode is None for p in self.procs)
+
+    def wait(self) -> None:
+        """Block until a worker exits."""
+        wait([p.sentinel for p in self.procs if p.exitcode is None])
+
+    def reap(self) -> list[int]:
+        """The pids of workers that died since the last call (joined, and recorded in `crashed`)."""
+        dead = []
+        for p in self.procs:
+            if p.exitcode is not None and p.pid not in self._reaped:
+                p.join()
+                self._reaped.add(p.pid)
+                if p.exitcode != 0:
+                    self.crashed.append((p.pid, p.exitcode))
+                    dead.append(p.pid)
+        return dead
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM each worker (its trial ends `interrupted`), join it; SIGKILL one that does not stop in time."""
+        for p in self.procs:
+            if p.exitcode is None:
+                p.terminate()
+        for p in self.procs:
+            p.join(timeout)
+            if p.exitcode is None:
+                p.kill()
+                p.join()
