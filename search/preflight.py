@@ -7,7 +7,10 @@ carries a planned sweep, `SweepPlan`, through the workers and the objective.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -72,10 +75,8 @@ def sweep_objectives(cfg: DictConfig) -> list[Objective]:
     read the first value as they do in a single-objective study.
     """
     metric, direction = str(cfg.search.metric), str(cfg.search.direction)
-    items = cfg.search.get("objectives") or []
+    items = cfg.search.get("objectives") or []  # a list of strings (schema.py)
     example = f"e.g. search.objectives=[{metric}:{direction},model/params:minimize]"
-    if not OmegaConf.is_list(items) and not isinstance(items, list):
-        raise ConvsweepError(f"search.objectives must be a list of NAME:DIRECTION, {example}")
     if not items:
         return [Objective(metric, direction)]
     out: list[Objective] = []
@@ -97,16 +98,38 @@ def sweep_objectives(cfg: DictConfig) -> list[Objective]:
     return out
 
 
-def _check_budgets(cfg: DictConfig) -> None:
-    """Hard limits on a net's cost: a positive number, or null for none."""
-    for key, unit in (("max_macs", "MACs per image"), ("max_params", "weights per net")):
-        value = cfg.search.get(key)
-        try:
-            ok = value is None or float(value) > 0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ConvsweepError(f"search.{key} must be a positive number of {unit}, or null for no budget (got {value!r})")
+SPACE_ATTR = "search_space_fingerprint"  # study user attrs: the space a study was created with
+SPACE_NAME_ATTR = "search_space_file"
+
+
+def space_fingerprint(cfg: DictConfig) -> str:
+    """A hash of the resolved search space: a study keeps the space it was created with."""
+    raw = json.dumps(OmegaConf.to_container(cfg.search_space, resolve=True), sort_keys=True, default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def check_same_space(loc: Locations, cfg: DictConfig) -> None:
+    """Refuse to resume a study with another search space, reading the study only.
+
+    Optuna would fail mid-sweep on a parameter whose kind changed, or silently mix two spaces
+    in one study, whose history then explains neither.
+    """
+    import optuna
+
+    name = str(cfg.search.study_name)
+    if loc.is_journal and not Path(loc.optuna_url).exists():
+        return
+    try:
+        study = optuna.load_study(study_name=name, storage=open_optuna_storage(loc, create=False))
+    except KeyError:  # a new study
+        return
+    recorded, current = study.user_attrs.get(SPACE_ATTR), space_fingerprint(cfg)
+    if recorded is not None and recorded != current:
+        option = cfg.get("choices", {}).get("search_space") or "new"
+        raise ConvsweepError(f"study '{name}' was created with another search space ({recorded}, from "
+                             f"{study.user_attrs.get(SPACE_NAME_ATTR, '?')}) than this one ({current}, from "
+                             f"{space_source(cfg)}); resume it with its own space, or start a new study: "
+                             f"search.study_name={name}-{option}")
 
 
 def prepare_sweep(cfg: DictConfig) -> SweepPlan:
@@ -121,10 +144,10 @@ def prepare_sweep(cfg: DictConfig) -> SweepPlan:
     safe_instantiate(cfg.pruner)
     if int(cfg.search.n_workers) < 1 or int(cfg.search.n_trials) < 1:
         raise ConvsweepError("search.n_trials and search.n_workers must be >= 1")
-    _check_budgets(cfg)
     data = load_dataset(cfg.dataset)
     locations = resolve_locations(cfg.tracking)
     if not locations.is_journal:
         open_optuna_storage(locations)  # reach the database now, not after the MLflow run exists
+    check_same_space(locations, cfg)
     client = init_mlflow(locations)  # last check, and the SQLite migrations: before the study is created
     return SweepPlan(cfg, space, data, locations, client)
