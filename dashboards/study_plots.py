@@ -1,17 +1,20 @@
-"""Sweep-level Optuna views, each drawn as a PNG (matplotlib) and an interactive HTML (plotly).
+"""Sweep-level Optuna views: one PNG per view (matplotlib), and one interactive page holding them all (plotly).
 
-Every HTML file embeds plotly.js (about 4.8 MB): MLflow's artifact viewer shows HTML from a
-blob URL in a sandboxed iframe, where a CDN link needs the internet and a sibling
-`plotly.min.js` does not resolve. Only a self-contained file works offline there.
+MLflow's artifact viewer shows an HTML file from a blob URL in an iframe sandboxed to
+`allow-scripts`: a CDN link needs the internet and a sibling `plotly.min.js` does not resolve,
+so only a self-contained page works offline there. plotly.js is about 4.8 MB, so the views share
+one page (`report.html`) that embeds it once; a page per view would cost a sweep about 29 MB.
 """
 
 from __future__ import annotations
 
+import functools
+import html
 import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import optuna
@@ -21,11 +24,14 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as optuna_mpl
 
-from convsweep.dashboards.figures import PlotOutcome, ViewSkipped, draw_view, fresh_dir, log_views, save_png
+from convsweep.dashboards.figures import DPI, PlotOutcome, ViewSkipped, draw_view, fresh_dir, log_views, save_png
 
 WIDTH_IN, HEIGHT_IN = 10.0, 6.0  # every PNG is at least 1000 x 600 px (see figures.DPI)
-PANEL_IN = 2.5  # extra width per slice panel or parallel-coordinate axis, so many params stay legible
+MAX_WIDTH_IN = 20.0  # and at most 2000 px wide, so it fits a screen without scrolling
+PANEL_IN = 2.5  # width per slice panel or parallel-coordinate axis, while MAX_WIDTH_IN allows
+PARALLEL_PARAMS = 8  # axes of the parallel-coordinate plot: the most important params (more is unreadable)
 BLOCK_PARAM = re.compile(r"block\d+\.")  # conditional per-block params: `block2.filters` exists iff depth >= 2
+REPORT = "report.html"  # every interactive view on one page
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,7 @@ class _Plot:
     kwargs: dict[str, Any] = field(default_factory=dict)
     figsize: tuple[float, float] = (WIDTH_IN, HEIGHT_IN)  # inches; optuna's slice takes half the width per panel
     ylabel: str | None = None  # set where optuna takes no target name
+    title: str | None = None  # replaces optuna's title where it needs saying what the view leaves out
 
 
 def _require_completed(study: optuna.Study, n: int) -> list[FrozenTrial]:
@@ -60,24 +67,34 @@ def _history(study: optuna.Study, metric: str) -> _Plot:
     return _Plot("plot_optimization_history", _target(study, metric))
 
 
-def _importances(study: optuna.Study, metric: str) -> _Plot:
+def _importance_target(study: optuna.Study, metric: str) -> dict[str, Any]:
     """PedANOVA, optuna's default, ranks params by how they reach *low* values of a custom target, so a
     maximised first objective is negated: "important" then means what it means in a single-objective study."""
     _require_completed(study, 2)
     kwargs = _target(study, metric)
     if kwargs["target"] is not None and study.directions[0] == StudyDirection.MAXIMIZE:
         kwargs["target"] = lambda t: -t.values[0]
-    return _Plot("plot_param_importances", kwargs)
+    return kwargs
+
+
+def _importances(study: optuna.Study, metric: str) -> _Plot:
+    return _Plot("plot_param_importances", _importance_target(study, metric))
 
 
 def _parallel(study: optuna.Study, metric: str) -> _Plot:
-    """Depth plus every per-block param; optuna marks a block's params missing in shallower trials."""
+    """The PARALLEL_PARAMS most important params, conditional ones included (PedANOVA ranks those too);
+    optuna marks a block's params missing in shallower trials."""
     names = _param_names(_require_completed(study, 1))
-    params = sorted(n for n in names if BLOCK_PARAM.match(n) or n == "depth")
-    if not any(BLOCK_PARAM.match(n) for n in params):
-        raise ViewSkipped("no per-block params (block<i>.*) in the completed trials")
-    return _Plot("plot_parallel_coordinate", {"params": params, **_target(study, metric)},
-                 figsize=(max(WIDTH_IN, PANEL_IN * (len(params) + 1)), HEIGHT_IN))
+    if not names:
+        raise ViewSkipped("the completed trials have no params")
+    title = None
+    if len(names) > PARALLEL_PARAMS:
+        ranked = optuna.importance.get_param_importances(study, target=_importance_target(study, metric)["target"])
+        names = set(list(ranked)[:PARALLEL_PARAMS])
+        title = f"Parallel Coordinate Plot: the {PARALLEL_PARAMS} most important of {len(ranked)} params"
+    params = sorted(names)
+    return _Plot("plot_parallel_coordinate", {"params": params, **_target(study, metric)}, title=title,
+                 figsize=(_width(PANEL_IN * (len(params) + 1)), HEIGHT_IN))
 
 
 def _intermediate(study: optuna.Study, metric: str) -> _Plot:
@@ -87,12 +104,13 @@ def _intermediate(study: optuna.Study, metric: str) -> _Plot:
 
 
 def _slice(study: optuna.Study, metric: str) -> _Plot:
-    """The sweep-wide params (depth, head, optimiser); the per-block ones are in the parallel plot."""
+    """The sweep-wide params (depth, head, optimiser): a panel each, as one row no wider than MAX_WIDTH_IN."""
     names = _param_names(_require_completed(study, 1))
     params = sorted(n for n in names if not BLOCK_PARAM.match(n)) or sorted(names)
     if not params:
         raise ViewSkipped("the completed trials have no params")
-    return _Plot("plot_slice", {"params": params, **_target(study, metric)}, figsize=(2 * PANEL_IN, HEIGHT_IN))
+    panel = min(PANEL_IN, MAX_WIDTH_IN / len(params))
+    return _Plot("plot_slice", {"params": params, **_target(study, metric)}, figsize=(2 * panel, HEIGHT_IN))
 
 
 def _pareto(study: optuna.Study, metric: str) -> _Plot:
@@ -116,30 +134,52 @@ VIEWS: dict[str, Callable[[optuna.Study, str], _Plot]] = {
 }
 
 
-def _draw(name: str, plot: _Plot, study: optuna.Study, out_dir: Path) -> list[Path]:
-    """The PNG via optuna's matplotlib backend, then the self-contained HTML via plotly."""
+def _width(inches: float) -> float:
+    return min(max(WIDTH_IN, inches), MAX_WIDTH_IN)
+
+
+def _draw(name: str, view: Callable[[optuna.Study, str], _Plot], study: optuna.Study, metric: str, out_dir: Path,
+          figures: dict[str, Any]) -> list[Path]:
+    """The PNG via optuna's matplotlib backend; the plotly figure of the same view goes into `figures`."""
+    plot = view(study, metric)
     # rc_context undoes optuna's global plt.style.use("ggplot"), sizes the figure optuna creates,
     # and lays it out so long param names are not clipped at the edges.
-    with warnings.catch_warnings(), plt.rc_context({"figure.figsize": plot.figsize,
-                                                    "figure.constrained_layout.use": True}):
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        warnings.filterwarnings("ignore", "PedAnovaImportanceEvaluator computes", UserWarning)  # see _importances
+    with plt.rc_context({"figure.figsize": plot.figsize, "figure.constrained_layout.use": True}):
         axes = np.ravel(getattr(optuna_mpl, plot.function)(study, **plot.kwargs))
         if plot.ylabel:
             axes[0].set_ylabel(plot.ylabel)
+        if plot.title:
+            axes[0].set_title(plot.title)
         png = save_png(axes[0].figure, out_dir / f"{name}.png")
-        figure = getattr(optuna.visualization, plot.function)(study, **plot.kwargs)
+    figure = getattr(optuna.visualization, plot.function)(study, **plot.kwargs)
     if plot.ylabel:
         figure.update_yaxes(title_text=plot.ylabel)
-    html = out_dir / f"{name}.html"
-    figure.write_html(html, include_plotlyjs=True)
-    return [png, html]
+    if plot.title:
+        figure.update_layout(title_text=plot.title)
+    figures[name] = figure
+    return [png]
+
+
+def write_report(figures: Mapping[str, Any], path: Path, title: str) -> Path:
+    """One self-contained page with every plotly figure, plotly.js embedded once (works offline, see above)."""
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+
+    sections = [f'<h2 id="{name}">{name.replace("_", " ")}</h2>\n'
+                + pio.to_html(figure, include_plotlyjs=False, full_html=False, default_height=f"{HEIGHT_IN * DPI:.0f}px")
+                for name, figure in figures.items()]
+    title = html.escape(title)
+    path.write_text(f'<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
+                    f'<script type="text/javascript">{get_plotlyjs()}</script>\n</head>\n<body>\n<h1>{title}</h1>\n'
+                    + "\n".join(sections) + "\n</body>\n</html>\n", encoding="utf-8")
+    return path
 
 
 def make_study_plots(study: optuna.Study, metric: str, out_dir: Path) -> list[PlotOutcome]:
-    """Draw every sweep-level view into `out_dir` as `<view>.png` and `<view>.html`.
+    """Draw every sweep-level view into `out_dir` as `<view>.png`, and all of them into one `report.html`.
 
-    Never raises for a study it cannot draw: such a view comes back with `skipped` set.
+    Never raises for a study it cannot draw: such a view comes back with `skipped` set (and is not
+    in the report; with no view drawn there is no report).
 
     Args:
         study: a finished (or running) convsweep study.
@@ -150,8 +190,15 @@ def make_study_plots(study: optuna.Study, metric: str, out_dir: Path) -> list[Pl
         One outcome per view, in `VIEWS` order.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [draw_view(name, lambda view=view, name=name: _draw(name, view(study, metric), study, out_dir))
-            for name, view in VIEWS.items()]
+    figures: dict[str, Any] = {}  # view name -> plotly figure, in VIEWS order
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        warnings.filterwarnings("ignore", "PedAnovaImportanceEvaluator computes", UserWarning)  # _importance_target
+        outcomes = [draw_view(name, functools.partial(_draw, name, view, study, metric, out_dir, figures))
+                    for name, view in VIEWS.items()]
+    if figures:
+        write_report(figures, out_dir / REPORT, f"study {study.study_name}: {metric}")
+    return outcomes
 
 
 def log_study_plots(client: Any, run_id: str, study: optuna.Study, metric: str, work_dir: Path) -> list[PlotOutcome]:

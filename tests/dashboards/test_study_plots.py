@@ -1,7 +1,9 @@
-"""Sweep-level plots: every view drawn as PNG + offline HTML, or skipped with a reason, never raising."""
+"""Sweep-level plots: every view drawn as a PNG and into one offline HTML report, or skipped with a reason."""
 
 from __future__ import annotations
 
+import json
+import re
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -11,13 +13,16 @@ import optuna
 import pytest
 from optuna.exceptions import ExperimentalWarning
 from PIL import Image
+from plotly.offline import get_plotlyjs
 
 from convsweep.dashboards import study_plots
 from convsweep.dashboards.figures import DPI, PlotOutcome
-from convsweep.dashboards.study_plots import VIEWS, log_study_plots, make_study_plots
+from convsweep.dashboards.study_plots import REPORT, VIEWS, log_study_plots, make_study_plots
 
 SINGLE_OBJECTIVE_VIEWS = set(VIEWS) - {"pareto_front"}
-SweepPlots = tuple[optuna.Study, dict[str, PlotOutcome]]
+MAX_PNG_WIDTH = 2000
+MAX_HTML_BYTES = 5_000_000  # all of a sweep's HTML plots together
+SweepPlots = tuple[optuna.Study, dict[str, PlotOutcome], Path]
 
 
 def _by_name(outcomes: list[PlotOutcome]) -> dict[str, PlotOutcome]:
@@ -29,16 +34,33 @@ def _png(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def _assert_drawn(outcome: PlotOutcome) -> None:
-    """A real picture (not blank) and an HTML page that embeds plotly.js rather than fetching it."""
+def _section(report: Path, view: str) -> str:
+    """The part of the report page that draws one view (up to the next view's heading)."""
+    page = report.read_text()
+    start = page.index(f'<h2 id="{view}">')
+    end = page.find("<h2 ", start + 1)
+    return page[start:end if end > 0 else None]
+
+
+def _assert_drawn(outcome: PlotOutcome, report: Path) -> None:
+    """A real picture (not blank), at most 2000 px wide, and a plotly figure of the view in the report."""
     assert outcome.skipped is None, outcome.skipped
-    png, html = outcome.paths
+    [png] = outcome.paths
     pixels = _png(png)
     assert pixels.shape[0] == study_plots.HEIGHT_IN * DPI
+    assert pixels.shape[1] <= MAX_PNG_WIDTH
     assert pixels.std() > 0
-    page = html.read_text()
-    assert "<script src=\"http" not in page
-    assert len(page) > 1_000_000  # plotly.js itself is inside
+    assert "Plotly.newPlot(" in _section(report, outcome.name)
+
+
+def _assert_offline_report(out_dir: Path) -> None:
+    """One HTML file, under the size budget, that carries plotly.js once and fetches nothing."""
+    pages = list(out_dir.glob("*.html"))
+    assert pages == [out_dir / REPORT]
+    assert sum(page.stat().st_size for page in pages) <= MAX_HTML_BYTES
+    page = pages[0].read_text()
+    assert page.count(get_plotlyjs()[:200]) == 1
+    assert not re.search(r"<script[^>]+src=", page)
 
 
 @pytest.fixture(scope="module")
@@ -49,39 +71,46 @@ def sweep_plots(make_study: Callable[..., optuna.Study],
     Optuna's ExperimentalWarning is an error here: a leaked one would turn a view into a failure note.
     """
     study = make_study()
+    out_dir = tmp_path_factory.mktemp("plots")
     with warnings.catch_warnings():
         warnings.simplefilter("error", ExperimentalWarning)
-        outcomes = make_study_plots(study, "val/acc", tmp_path_factory.mktemp("plots"))
-    return study, _by_name(outcomes)
+        outcomes = make_study_plots(study, "val/acc", out_dir)
+    return study, _by_name(outcomes), out_dir
 
 
-def test_a_pruned_sweep_gets_every_single_objective_view(sweep_plots: SweepPlots) -> None:
-    _, outcomes = sweep_plots
+def test_a_pruned_sweep_gets_every_single_objective_view_and_one_offline_report(sweep_plots: SweepPlots) -> None:
+    _, outcomes, out_dir = sweep_plots
 
     assert list(outcomes) == list(VIEWS)
     for name in SINGLE_OBJECTIVE_VIEWS:
-        _assert_drawn(outcomes[name])
+        _assert_drawn(outcomes[name], out_dir / REPORT)
     assert _png(outcomes["optimization_history"].paths[0]).shape == (600, 1000, 3)
     assert outcomes["pareto_front"].skipped == "single-objective study: no Pareto front"
     assert outcomes["pareto_front"].paths == ()
+    assert '<h2 id="pareto_front">' not in (out_dir / REPORT).read_text()
+    _assert_offline_report(out_dir)
 
 
 def test_value_axes_carry_the_metric_name(sweep_plots: SweepPlots) -> None:
-    _, outcomes = sweep_plots
+    _, _, out_dir = sweep_plots
 
     for name in ("optimization_history", "intermediate_values", "slice", "parallel_coordinate"):
-        assert "val\\u002facc" in outcomes[name].paths[1].read_text(), name  # plotly's JSON escapes "/"
+        assert "val\\u002facc" in _section(out_dir / REPORT, name), name  # plotly's JSON escapes "/"
 
 
-def test_parallel_coordinates_include_params_only_deep_trials_have(
-        sweep_plots: SweepPlots) -> None:
-    study, outcomes = sweep_plots
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    depths = {t.params["depth"] for t in complete}
-    assert len(depths) > 1  # so the deepest block's params are missing in some trials
+def test_parallel_coordinates_show_the_eight_most_important_params(sweep_plots: SweepPlots) -> None:
+    """Ranked by optuna's default evaluator (PedANOVA), which also ranks the conditional per-block params."""
+    study, outcomes, out_dir = sweep_plots
+    ranked = list(optuna.importance.get_param_importances(study))
+    deepest = max(t.params["depth"] for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    assert len(ranked) > study_plots.PARALLEL_PARAMS  # so some param is left out
 
-    page = outcomes["parallel_coordinate"].paths[1].read_text()
-    assert f"block{max(depths)}.filters" in page and "depth" in page
+    [axes] = re.findall(r'"ticktext":(\[[^\]]*\])', _section(out_dir / REPORT, "parallel_coordinate"))
+    shown = json.loads(axes)
+    assert shown[0] == "val/acc"
+    assert set(shown[1:]) == set(ranked[:study_plots.PARALLEL_PARAMS])
+    assert any(name.startswith(f"block{deepest}.") for name in shown)  # only the deepest trials have these
+    assert _png(outcomes["parallel_coordinate"].paths[0]).shape[1] == MAX_PNG_WIDTH  # 9 axes: capped, not wider
 
 
 def test_multi_objective_study_gets_a_pareto_front(multi_objective_study: optuna.Study, tmp_path: Path,
@@ -93,8 +122,8 @@ def test_multi_objective_study_gets_a_pareto_front(multi_objective_study: optuna
 
     outcomes = _by_name(make_study_plots(multi_objective_study, "val/acc", tmp_path))
 
-    _assert_drawn(outcomes["pareto_front"])
-    _assert_drawn(outcomes["optimization_history"])  # of the first objective, the sweep's metric
+    _assert_drawn(outcomes["pareto_front"], tmp_path / REPORT)
+    _assert_drawn(outcomes["optimization_history"], tmp_path / REPORT)  # of the first objective, the sweep's metric
     assert outcomes["intermediate_values"].skipped == "no trial reported intermediate values"
 
 
@@ -118,7 +147,7 @@ def test_a_view_that_breaks_is_noted_and_the_others_are_drawn(sweep_study: optun
     outcomes = _by_name(make_study_plots(sweep_study, "val/acc", tmp_path))
 
     assert outcomes["slice"].skipped == "failed: RuntimeError: boom"
-    _assert_drawn(outcomes["optimization_history"])
+    _assert_drawn(outcomes["optimization_history"], tmp_path / REPORT)
 
 
 def test_log_study_plots_uploads_pictures_pages_and_notes(make_study: Callable[..., optuna.Study],
@@ -132,8 +161,8 @@ def test_log_study_plots_uploads_pictures_pages_and_notes(make_study: Callable[.
 
     outcomes = log_study_plots(mlflow_client, run_id, make_study(n_trials=1), "val/acc", tmp_path / "work")
 
-    drawn = {f"plots/{o.name}.{ext}" for o in outcomes if not o.skipped for ext in ("png", "html")}
-    assert drawn == {"plots/optimization_history.png", "plots/optimization_history.html"}
+    drawn = {f"plots/{o.name}.png" for o in outcomes if not o.skipped} | {f"plots/{REPORT}"}
+    assert drawn == {"plots/optimization_history.png", "plots/report.html"}
     assert listed("plots") == drawn | {"plots/notes.txt"}
     assert read_artifact("plots/notes.txt") == (
         "param_importances: needs at least 2 completed trial(s), the study has 1\n"

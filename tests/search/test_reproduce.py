@@ -135,7 +135,7 @@ def test_sweep_end_views_and_report(swept, capsys) -> None:
     def listed(run_id: str, folder: str) -> set[str]:
         return {a.path for a in client.list_artifacts(run_id, folder)}
 
-    assert {"plots/optimization_history.png", "plots/optimization_history.html",
+    assert {"plots/optimization_history.png", "plots/report.html",
             "plots/intermediate_values.png"} <= listed(parent, "plots")
     assert {"cnn/filters.png", "cnn/activations.png", "cnn/confusion_matrix.png"} <= listed(best_run, "cnn")
     capsys.readouterr()
