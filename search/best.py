@@ -11,11 +11,11 @@ from pathlib import Path
 import optuna
 from omegaconf import DictConfig
 from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
 
-from convsweep.dashboards.leaderboard import format_cost
+from convsweep.dashboards.leaderboard import failure_counts, format_cost
 from convsweep.errors import ConvsweepError
 from convsweep.search.masking import to_yaml
 from convsweep.search.readback import trial_config
@@ -88,6 +88,14 @@ def pick_trial(front: list[FrozenTrial], names: list[str], directions: list[Stud
     raise ConvsweepError(f"unknown --pick rule '{rule}'; use {PICK_RULES}")
 
 
+def print_failures(study: optuna.Study, console: Console, top: int = 3) -> None:
+    """One line: how many trials failed and their most common reasons (nothing when none failed)."""
+    failed = failure_counts(study, states=(TrialState.FAIL,))
+    if failed:
+        console.print(f"{sum(r['trials'] for r in failed)} failed trial(s) in study {study.study_name}; most common reasons: "
+                      + "; ".join(f"{r['reason']} (x{r['trials']})" for r in failed[:top]))
+
+
 def _cell(name: str, value: float) -> str:
     return format_cost(value) if name.startswith("model/") else f"{value:.4f}"
 
@@ -96,6 +104,7 @@ def export_best(cfg: DictConfig, output: str, register: str | None, console: Con
     """`convsweep best [--pick RULE]`: print the best trial (or Pareto set), write the chosen one as a standalone config."""
     loc = resolve_locations(cfg.tracking)
     study = ensure_study_exists(loc, str(cfg.search.study_name))
+    print_failures(study, console)
     trials = best_trials(study)
     names = objective_names(study, str(cfg.search.metric))
     best = pick_trial(trials, names, study.directions, pick) if pick else trials[0]

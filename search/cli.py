@@ -1,6 +1,7 @@
 """convsweep: sweep conv-net architectures with Optuna, train with Lightning, track in MLflow.
 
     convsweep sweep [hydra overrides]            e.g. dataset=digits search.n_trials=30 sampler=random
+    convsweep recover --study NAME               end a study's trials whose worker is gone
     convsweep train [--config-file F] [overrides]
     convsweep best --study NAME [-o best.yaml] [--register NAME] [--pick RULE]
     convsweep reproduce RUN_ID | --study NAME [--tolerance T] [--force]
@@ -56,9 +57,13 @@ def ui_hint(cfg: Any) -> str:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """convsweep sweep [overrides]"""
+    """convsweep sweep [overrides]
+
+    Exit codes: 0 when a trial of this invocation completed (or none failed), 1 when a worker
+    process crashed or every trial failed, 2 for a user error, 130 when interrupted (Ctrl-C, SIGTERM).
+    """
     cfg = _compose(args)  # config errors surface before the heavy imports below
-    from convsweep.dashboards.leaderboard import leaderboard, leaderboard_table, state_counts
+    from convsweep.dashboards.leaderboard import failure_counts, failures_table, leaderboard, leaderboard_table, state_counts
     from convsweep.search.preflight import prepare_sweep
     from convsweep.search.studies import ensure_study_exists
     from convsweep.search.sweep import run_sweep
@@ -75,14 +80,28 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     console.print()
     console.print(leaderboard_table(leaderboard(study, str(cfg.search.metric), 10), str(cfg.search.metric),
                                     f"leaderboard: {summary.study_name}", states=state_counts(study)))
+    failures = failure_counts(study)
+    if failures:
+        console.print(failures_table(failures[:10], f"trials without a result: {summary.study_name}"))
     console.print(f"this sweep: {summary.n_complete} complete, {summary.n_pruned} pruned, {summary.n_failed} failed")
+    for pid, code in summary.crashed:
+        console.print(f"[red]worker process {pid} crashed[/] (exit code {code}); its trial ended as `worker lost`")
+    if summary.n_failed and not summary.n_complete:
+        console.print("[red]no trial completed[/]: every trial of this sweep failed (reasons above)")
     if summary.best_value is not None:
         console.print(f"best {cfg.search.metric} = {summary.best_value:.4f} (MLflow run {summary.best_run_id})")
     console.print(f"results: {summary.locations.run_dir}")
     console.print(f"open the MLflow UI: [bold]{ui_hint(cfg)}[/]")
     if summary.best_value is not None:
         console.print(f"export the best config: convsweep best --study {summary.study_name}")
-    return 0
+    return 0 if summary.status == "FINISHED" else 1
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """convsweep recover --study NAME [overrides]"""
+    from convsweep.search.recovery import recover_command
+
+    return recover_command(_compose(args), _console())
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -172,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("sweep", cmd_sweep, "run (or resume) an Optuna sweep over conv-net configurations")
+    add("recover", cmd_recover, "end a study's RUNNING trials whose worker is gone (as a sweep's start does)",
+        study=True)
     add("train", cmd_train, "train one fixed configuration (conf/arch or --config-file) and log it", config_file=True)
     add("config", cmd_config, "print the composed, resolved config", config_file=True)
     p = add("best", cmd_best, "print the best trial and write it as a standalone config", study=True)

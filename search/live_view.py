@@ -15,7 +15,7 @@ from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from convsweep.dashboards.leaderboard import format_cost, ranked_trials
+from convsweep.dashboards.leaderboard import format_cost, ranked_trials, trial_reason
 
 TrialState = optuna.trial.TrialState
 
@@ -54,15 +54,14 @@ class SweepProgress:
                              f" {detail}  ({duration:.1f} s)")
 
     def _detail(self, t: optuna.trial.FrozenTrial) -> str:
-        """The metric, or why the trial has none: invalid architecture, failure, or the epoch it was pruned at."""
+        """The metric, or why the trial has none: its recorded reason (invalid architecture, error, pruned at
+        epoch k, interrupted, worker lost)."""
         if t.values is not None:  # the metric, then any other objectives (model/params, ...)
             names = self.study.metric_names or [self.metric]
             return "  ".join([f"{self.metric}={t.values[0]:.4f}"] + [f"{n}={format_cost(v)}" for n, v in zip(names[1:], t.values[1:])])
-        if t.user_attrs.get("invalid_reason"):
-            return t.user_attrs["invalid_reason"]
-        failure = (t.system_attrs.get("fail_reason") or "").strip().splitlines()
-        if failure:
-            return failure[-1][:160]
+        reason = (trial_reason(t) or "").strip().splitlines()
+        if reason:
+            return reason[-1][:160]
         return f"at epoch {max(t.intermediate_values)}" if t.intermediate_values else ""
 
     def __rich__(self) -> Group:

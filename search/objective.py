@@ -2,12 +2,18 @@
 
 Data flows one way: trial -> sampled (ArchSpec, OptimSpec) -> shape check -> Lightning fit
 (reporting every epoch to the pruner) -> metrics -> MLflow child run.
+
+Every way a trial can end is recorded truthfully: its lease is held from the first line (a
+killed worker's trial is found lost), and once its MLflow run exists, any exit that is not a
+completion ends the run with the trial's state and the same reason as the trial's `reason`
+attr (pruned, failed, or `interrupted` by Ctrl-C or SIGTERM, which MLflow shows as KILLED).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
@@ -20,9 +26,11 @@ from convsweep.lightning_modules.runner import EpochHistory, TrainResult, train_
 from convsweep.search import run_records as rr
 from convsweep.search.dataset_inputs import data_tags, log_dataset
 from convsweep.search.environment import environment_record
+from convsweep.search.lease import Lease
 from convsweep.search.masking import mask_uri, to_yaml
 from convsweep.search.model_logging import log_model
 from convsweep.search.preflight import Objective, SweepPlan, sweep_objectives
+from convsweep.search.recovery import INTERRUPTED
 
 
 def trial_config(cfg: DictConfig, arch: ArchSpec, optim: OptimSpec, seed: int) -> DictConfig:
@@ -87,56 +95,77 @@ def make_objective(sweep: SweepPlan):  # noqa: ANN201 - returns the objective ca
     objectives = sweep_objectives(cfg)
     env_tags = {f"env.{k}": v for k, v in environment_record().items()}
     dtags = data_tags(data)
+    # the journal file has no heartbeat of its own: the lease's thread beats instead (RDB: Optuna's does)
+    beat = float(cfg.search.heartbeat_interval) if sweep.locations.is_journal else None
 
     def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
-        arch, optim = sweep.space.sample(trial)
-        seed = int(cfg.search.seed) + trial.number
-        tcfg = trial_config(cfg, arch, optim, seed)
-        run_id = rr.start_child_run(
-            client, sweep.experiment_id, sweep.parent_run_id, f"trial-{trial.number:03d}", "trial",
-            params={**run_params(trial.params, arch, optim), "seed": seed},
-            tags={rr.STUDY: trial.study.study_name, rr.TRIAL: trial.number, **env_tags, **dtags},
-            config_yaml=to_yaml(tcfg))
+        with Lease(trial, beat):
+            arch, optim = sweep.space.sample(trial)
+            seed = int(cfg.search.seed) + trial.number
+            history = EpochHistory(metric, str(cfg.search.direction))
+            run_id = rr.start_child_run(
+                client, sweep.experiment_id, sweep.parent_run_id, f"trial-{trial.number:03d}", "trial",
+                params={**run_params(trial.params, arch, optim), "seed": seed},
+                tags={rr.STUDY: trial.study.study_name, rr.TRIAL: trial.number, **env_tags, **dtags},
+                config_yaml=to_yaml(trial_config(cfg, arch, optim, seed)))
+            try:
+                return fit(trial, run_id, arch, optim, seed, history)
+            except BaseException as exc:
+                _end_early(client, trial, run_id, exc, summary_metrics(history.epochs, metric, maximize))
+                raise
+
+    def fit(trial: optuna.Trial, run_id: str, arch: ArchSpec, optim: OptimSpec, seed: int,
+            history: EpochHistory) -> float | tuple[float, ...]:
+        """Check, train and record one trial whose run exists; raises TrialPruned or an error to end it early."""
         trial.set_user_attr("mlflow_run_id", run_id)  # the trial's config lives once, as that run's config.yaml
         trial.set_user_attr("filters", [block.filters for block in arch.blocks])  # for the leaderboard
         log_dataset(client, run_id, data)
         try:
             net_plan = plan_convnet(arch, data.input_shape, data.num_classes)
         except ArchitectureError as exc:
-            return _reject(client, trial, run_id, str(exc), str(cfg.search.fail_on_collapse))
+            _reject(trial, str(exc), str(cfg.search.fail_on_collapse))
         over_budget = record_budgets(trial, net_plan, cfg.search)
         if over_budget:
-            return _reject(client, trial, run_id, over_budget, "pruned")
+            _reject(trial, over_budget, "pruned")
         cost = {"model/params": float(net_plan.params), "model/macs": float(net_plan.macs), "model/flops": 2.0 * net_plan.macs}
         trial.set_user_attr("params_count", net_plan.params)
         trial.set_user_attr("macs", net_plan.macs)
         rr.log_batch(client, run_id, metrics=cost)
-        history = EpochHistory(metric, str(cfg.search.direction), listeners=[rr.epoch_logger(client, run_id)])
+        history.listeners.append(rr.epoch_logger(client, run_id))
         # Optuna cannot prune a multi-objective trial (Trial.report raises): it trains to the end
         callbacks = [PyTorchLightningPruningCallback(trial, metric)] if len(objectives) == 1 else []
-        try:
-            result = train_model(data, arch, optim, cfg.trainer, seed=seed, metric=metric,
-                                 direction=str(cfg.search.direction), callbacks=callbacks, history=history)
-        except optuna.TrialPruned as exc:
-            rr.finish_run(client, run_id, "PRUNED", summary_metrics(history.epochs, metric, maximize),
-                         {rr.REASON: str(exc)})
-            raise
-        except BaseException as exc:
-            rr.finish_run(client, run_id, "FAIL", summary_metrics(history.epochs, metric, maximize),
-                         {rr.REASON: mask_uri(f"{type(exc).__name__}: {exc}")[:1000]})
-            raise
+        result = train_model(data, arch, optim, cfg.trainer, seed=seed, metric=metric,
+                             direction=str(cfg.search.direction), callbacks=callbacks, history=history)
         return _complete(sweep, trial, run_id, result, objectives, cost)
 
     return objective
 
 
-def _reject(client: Any, trial: optuna.Trial, run_id: str, reason: str, mode: str) -> float:
-    """End a trial whose architecture cannot be built (or is over budget): pruned or failed, reason recorded."""
+def _end_early(client: Any, trial: optuna.Trial, run_id: str, exc: BaseException, metrics: dict[str, float]) -> None:
+    """Record why a trial ends without a result, as its `reason` attr and its run's `convsweep.reason` tag.
+
+    Pruned: PRUNED (MLflow KILLED). Ctrl-C or SIGTERM: FAIL `interrupted` (MLflow KILLED). Any
+    other error: FAIL with the error, passwords masked (MLflow FAILED). Optuna then records the state.
+    """
+    if isinstance(exc, optuna.TrialPruned):
+        state, status, reason = "PRUNED", None, str(exc)
+    elif isinstance(exc, KeyboardInterrupt):
+        state, status, reason = "FAIL", "KILLED", INTERRUPTED
+    else:
+        state, status, reason = "FAIL", None, mask_uri(f"{type(exc).__name__}: {exc}")[:1000]
+    # The store may be what failed: the trial still ends with the original error, and a later
+    # recovery (`close_orphan_runs`) ends a run left RUNNING here.
+    with contextlib.suppress(Exception):
+        trial.set_user_attr("reason", reason)
+    with contextlib.suppress(Exception):
+        rr.finish_run(client, run_id, state, metrics, {rr.REASON: reason}, status=status)
+
+
+def _reject(trial: optuna.Trial, reason: str, mode: str) -> NoReturn:
+    """End a trial whose architecture cannot be built (or is over budget): pruned or failed (`mode`)."""
     trial.set_user_attr("invalid_reason", reason)
-    state = "FAIL" if mode == "failed" else "PRUNED"
-    rr.finish_run(client, run_id, state, tags={rr.REASON: f"invalid architecture: {reason}"})
-    if state == "FAIL":
-        raise ArchitectureError(reason)
+    if mode == "failed":
+        raise ArchitectureError(f"invalid architecture: {reason}")
     raise optuna.TrialPruned(f"invalid architecture: {reason}")
 
 
@@ -151,14 +180,9 @@ def _complete(sweep: SweepPlan, trial: optuna.Trial, run_id: str, result: TrainR
     values = [value] + [{**cost, **measured}[o.name] for o in objectives[1:]]
     metrics = {**summary_metrics(result.history, metric, objectives[0].direction == "maximize"),
                "duration_s": result.duration_s, **measured}
-    improves = not _beaten(trial.study, values, 1)
     mode = sweep.cfg.search.log_models
     if mode == "all" or (mode == "best" and not _beaten(trial.study, values, len(values))):
         trial.set_user_attr("model_uri", log_model(run_id, result.model, sweep.data.input_shape))
-    if improves:
-        rr.log_batch(client, sweep.parent_run_id, metrics={f"best/{metric}": value}, step=trial.number,
-                     tags={"best.trial_number": trial.number, "best.run_id": run_id,
-                           f"best.{metric}": value, "best.params": str(trial.params)[:5000]})
     trial.set_user_attr("device", result.device)
     trial.set_user_attr("duration_s", result.duration_s)
     rr.finish_run(client, run_id, "COMPLETE", metrics, {"device": result.device, "best_epoch": result.best_epoch})

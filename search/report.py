@@ -5,7 +5,8 @@ from __future__ import annotations
 from omegaconf import DictConfig
 from rich.console import Console
 
-from convsweep.dashboards.leaderboard import leaderboard, leaderboard_table, ranked_trials, state_counts
+from convsweep.dashboards.leaderboard import (failure_counts, failures_table, leaderboard, leaderboard_table,
+                                               ranked_trials, state_counts)
 from convsweep.dashboards.sweep_views import log_sweep_views
 from convsweep.lightning_modules.data import load_dataset
 from convsweep.errors import ConvsweepError
@@ -24,6 +25,9 @@ def report(cfg: DictConfig, console: Console) -> int:
         raise ConvsweepError(f"study '{study.study_name}' has no MLflow parent run; was it made by `convsweep sweep`?")
     rows = leaderboard(study, metric, 10)
     console.print(leaderboard_table(rows, metric, f"leaderboard: {study.study_name}", states=state_counts(study)))
+    failures = failure_counts(study)
+    if failures:
+        console.print(failures_table(failures[:10], f"trials without a result: {study.study_name}"))
     best = ranked_trials(study, 1)
     client = init_mlflow(loc)
     data = load_dataset(trial_config(client, best[0], cfg).dataset) if best else None
