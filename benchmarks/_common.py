@@ -133,20 +133,23 @@ def banner(script: str, args: argparse.Namespace) -> None:
 def plain_module(net: Any, optim: Any, max_epochs: int, augment: Any = None, seed: int = 0) -> Any:
     """The tutorial-style LightningModule both Lightning baselines train: `self.log` every step.
 
-    It is `ConvNetModule` (same optimizer, schedule and forward) with the per-step logging most
-    examples use; `augment` (an `Augment`) crops and flips each batch in the step when the
-    DataLoader does not.
+    Automatic optimization, the trial's optimizer (Adam, AdamW or SGD at `optim.lr`) with a
+    per-epoch cosine schedule, fp32, and the per-step logging most examples use; `augment` (an
+    `Augment`) crops and flips each batch in the step when the DataLoader does not.
     """
     import torch
+    from lightning.pytorch import LightningModule
     from torch.nn import functional as F
 
     from convsweep.lightning_modules.data.batches import augment_batch
-    from convsweep.lightning_modules.module import ConvNetModule
 
-    class PlainModule(ConvNetModule):
+    class PlainModule(LightningModule):
         def __init__(self) -> None:
-            super().__init__(net, optim, max_epochs)
-            self.augment, self.generator = augment, torch.Generator().manual_seed(seed)
+            super().__init__()
+            self.net, self.augment, self.generator = net, augment, torch.Generator().manual_seed(seed)
+
+        def forward(self, x: Any) -> Any:
+            return self.net(x)
 
         def training_step(self, batch: Any, batch_idx: int) -> Any:
             x, y = batch
@@ -164,7 +167,14 @@ def plain_module(net: Any, optim: Any, max_epochs: int, augment: Any = None, see
             self.log("val/loss", F.cross_entropy(logits, y), prog_bar=True)
             self.log("val/acc", (logits.argmax(1) == y).float().mean(), prog_bar=True)
 
-        def on_validation_epoch_end(self) -> None:
-            pass  # logged per step above
+        def configure_optimizers(self) -> Any:
+            if optim.optimizer == "sgd":
+                opt = torch.optim.SGD(self.parameters(), lr=optim.lr, momentum=optim.momentum,
+                                      weight_decay=optim.weight_decay, nesterov=optim.momentum > 0)
+            else:
+                cls = torch.optim.AdamW if optim.optimizer == "adamw" else torch.optim.Adam
+                opt = cls(self.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, max_epochs))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     return PlainModule()

@@ -1,14 +1,27 @@
 """Train one configuration with a lean Lightning Trainer, and evaluate a trained net.
 
-Inside a sweep the Trainer is set up lean: no sanity-check pass, no progress bar, no model
-summary, no logger, no checkpoint files, no per-step logging. Measured in
-benchmarks/RESULTS.md, this keeps a trial within about 10% of a hand-written loop.
+Lightning drives the fit (epochs, validation, callbacks such as the pruner and MLflow
+logging); the optimizer steps are taken by `StepRunner`, several per Lightning batch, and on
+CUDA replayed from a graph captured once per trial (`cuda_graphs.py`). The Trainer is set up
+lean: no sanity-check pass, no progress bar, no model summary, no logger, no checkpoint
+files, no per-step logging.
+
+Per-trial fixed cost, and what keeps it small:
+- the best epoch's weights stay on the device (copied in place at each improving epoch) and
+  reach the host once, at the end;
+- cudnn's benchmark mode is off by default (`trainer.cudnn_benchmark: auto`): every trial is a
+  new architecture, so autotuning would run again for each new conv shape (train batch,
+  ragged last batch, validation batch) in every trial, a cost paid before the first useful
+  step; small convs gain little from it;
+- the Trainer costs about 12 ms to build (half of it Lightning scanning entry points for
+  external callbacks); the model is logged by the search side, not here.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import signal
 import time
@@ -21,10 +34,13 @@ from lightning.pytorch import Callback, LightningModule, Trainer, seed_everythin
 from torch.nn import functional as F
 
 from convsweep.lightning_modules.arch import ArchSpec, OptimSpec
+from convsweep.lightning_modules.cuda_graphs import StepRunner, resolve_cuda_graphs
 from convsweep.lightning_modules.data import ImageData, make_batches
 from convsweep.lightning_modules.data.base import Split
+from convsweep.lightning_modules.data.batches import DeviceBatches, StepChunks, scaled_augment
 from convsweep.lightning_modules.module import ConvNetModule
 from convsweep.lightning_modules.network import ConvNet, NetworkPlan, build_convnet
+from convsweep.lightning_modules.train_step import TrainStep, autocast_dtype
 
 
 class EpochHistory(Callback):
@@ -63,7 +79,16 @@ class EpochHistory(Callback):
         if best is None or (value > best if self.maximize else value < best):
             self.best_epoch = len(self.epochs) - 1
             net = getattr(pl_module.net, "_orig_mod", pl_module.net)  # trainer.compile wraps it; keep the plain keys
-            self.best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            self._keep(net.state_dict())
+
+    @torch.no_grad()
+    def _keep(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy `state` into buffers on its own device: allocated once, no host copy until the fit ends."""
+        if self.best_state is None:
+            self.best_state = {k: v.detach().clone() for k, v in state.items()}
+            return
+        for k, v in state.items():
+            self.best_state[k].copy_(v)
 
 
 @dataclass
@@ -77,6 +102,9 @@ class TrainResult:
     best_epoch: int
     device: str
     duration_s: float
+    cuda_graphs: bool = False  # whether the training steps were replayed from a CUDA graph
+    fallback_reason: str | None = None  # why graphs were asked for (trainer.cuda_graphs) but not used
+    steps: int = 0  # optimizer steps taken
 
 
 def resolve_device(accelerator: str) -> str:
@@ -100,24 +128,23 @@ def _quiet_lightning() -> None:
 
 
 def make_trainer(trainer_cfg: Mapping[str, Any], device: str, callbacks: Sequence[Callback],
-                 n_train_batches: int) -> Trainer:
-    """A lean Trainer: no sanity pass, progress bar, summary, logger or checkpoint files."""
+                 n_train_batches: int, max_epochs: int | None = None) -> Trainer:
+    """A lean Trainer: no sanity pass, progress bar, summary, logger or checkpoint files.
+
+    Precision and gradient clipping are the training step's (it autocasts itself, and a
+    captured step cannot call back into Lightning), so the Trainer itself runs in fp32.
+    """
     deterministic = _auto(trainer_cfg.get("deterministic", "auto"), device == "cpu")
-    precision = trainer_cfg.get("precision", "auto")
-    if precision in (None, "auto"):
-        precision = "bf16-mixed" if device == "cuda" else "32-true"
     if deterministic and device == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     _quiet_lightning()
     return Trainer(
-        max_epochs=int(trainer_cfg.get("max_epochs", 1)),
+        max_epochs=int(max_epochs if max_epochs is not None else trainer_cfg.get("max_epochs", 1)),
         accelerator="gpu" if device == "cuda" else "cpu",
         devices=trainer_cfg.get("devices", 1),
-        precision=precision,
+        precision="32-true",
         deterministic="warn" if deterministic and device == "cuda" else deterministic,
-        benchmark=_auto(trainer_cfg.get("cudnn_benchmark"), device == "cuda" and not deterministic),
-        limit_train_batches=trainer_cfg.get("limit_train_batches") or 1.0,
-        gradient_clip_val=trainer_cfg.get("gradient_clip_val"),
+        benchmark=_auto(trainer_cfg.get("cudnn_benchmark"), False) and not deterministic,
         num_sanity_val_steps=0,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -128,6 +155,26 @@ def make_trainer(trainer_cfg: Mapping[str, Any], device: str, callbacks: Sequenc
     )
 
 
+def step_budget(steps_per_epoch: int, max_epochs: int, max_steps: int | None) -> tuple[int, int]:
+    """(epochs, optimizer steps) of a run: `max_steps`, when set, replaces `max_epochs`.
+
+    With a step budget the run takes ceil(max_steps / steps_per_epoch) epochs and its last
+    epoch is cut short, so a small dataset gets as many updates as a large one.
+    """
+    if max_steps:
+        return math.ceil(int(max_steps) / steps_per_epoch), int(max_steps)
+    return int(max_epochs), int(max_epochs) * steps_per_epoch
+
+
+def epoch_steps(n_batches: int, limit: float | int | None) -> int:
+    """Optimizer steps per epoch: all batches, or `trainer.limit_train_batches` (int steps, or a fraction)."""
+    if not limit:
+        return n_batches
+    if isinstance(limit, float) and limit <= 1.0:
+        return max(1, int(n_batches * limit))
+    return min(n_batches, int(limit))
+
+
 def train_model(data: ImageData, arch: ArchSpec, optim: OptimSpec, trainer_cfg: Mapping[str, Any], *,
                 seed: int, metric: str = "val/acc", direction: str = "maximize",
                 callbacks: Sequence[Callback] = (), history: EpochHistory | None = None,
@@ -136,7 +183,8 @@ def train_model(data: ImageData, arch: ArchSpec, optim: OptimSpec, trainer_cfg: 
 
     Args:
         data: the dataset (loaded once per process).
-        arch, optim: the configuration.
+        arch, optim: the configuration (optim also holds the recipe: schedule, warm-up,
+            label smoothing, augmentation strength).
         trainer_cfg: the `trainer:` config group.
         seed: seeds weights, batch order and augmentation; same seed -> same per-epoch metrics on CPU.
         metric, direction: which epoch's weights to keep.
@@ -146,36 +194,66 @@ def train_model(data: ImageData, arch: ArchSpec, optim: OptimSpec, trainer_cfg: 
 
     Raises:
         ArchitectureError: the spec cannot be built for `data.input_shape`, before any training.
+        PrecisionError: `trainer.precision` is not one the training step runs.
     """
     start = time.perf_counter()
-    device = resolve_device(str(trainer_cfg.get("accelerator", "auto")))
+    device = torch.device(resolve_device(str(trainer_cfg.get("accelerator", "auto"))))
     if trainer_cfg.get("num_threads"):
         torch.set_num_threads(int(trainer_cfg["num_threads"]))
+    amp_dtype = autocast_dtype(trainer_cfg.get("precision", "auto"), device)
     seed_everything(seed, workers=False, verbose=False)
-    net = build_convnet(arch, data.input_shape, data.num_classes, data.mean, data.std)
+    channels_last = _auto(trainer_cfg.get("channels_last"), device.type == "cuda")
+    net = build_convnet(arch, data.input_shape, data.num_classes, data.mean, data.std).to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
     if trainer_cfg.get("compile"):
         net = torch.compile(net)  # type: ignore[assignment]
-    channels_last = _auto(trainer_cfg.get("channels_last"), device == "cuda")
-    module = ConvNetModule(net, optim, int(trainer_cfg.get("max_epochs", 1)), channels_last)
     train_batches = make_batches(train_split or data.train, optim.batch_size, device, train=True,
-                                 augment=data.augment, seed=seed, num_workers=data.loader_workers)
-    val_batches = make_batches(data.val, max(optim.batch_size, 256), device, train=False,
+                                 augment=data.augment, seed=seed, num_workers=data.loader_workers,
+                                 strength=optim.augment_strength)
+    per_epoch = epoch_steps(len(train_batches), trainer_cfg.get("limit_train_batches"))
+    epochs, total_steps = step_budget(per_epoch, int(trainer_cfg.get("max_epochs", 1)), trainer_cfg.get("max_steps"))
+    resident = isinstance(train_batches, DeviceBatches)
+    padding, flip_p = scaled_augment(data.augment, optim.augment_strength)
+    step = TrainStep(net, optim, total_steps, device, amp_dtype=amp_dtype, channels_last=channels_last,
+                     grad_clip=trainer_cfg.get("gradient_clip_val"),
+                     images=train_batches.images if resident else None,  # type: ignore[union-attr]
+                     labels=train_batches.labels if resident else None,  # type: ignore[union-attr]
+                     padding=padding, flips=flip_p > 0)
+    graphs = resolve_cuda_graphs(trainer_cfg.get("cuda_graphs", "auto"), device)
+    not_resident = None if resident or not graphs else "the training split streams from disk (DataLoader); graphs need it on the device"
+    runner = StepRunner(step, optim.batch_size, graphs=graphs and resident)
+    module = ConvNetModule(net, runner)
+    chunks = StepChunks(train_batches, int(trainer_cfg.get("chunk_steps") or 1), per_epoch, total_steps)
+    val_batch = _val_batch_size(trainer_cfg.get("val_batch_size", "auto"), device)
+    val_batches = make_batches(data.val, max(optim.batch_size, val_batch), device, train=False,
                                num_workers=data.loader_workers)
     history = history or EpochHistory(metric, direction)
-    trainer = make_trainer(trainer_cfg, device, [history, *callbacks], len(train_batches))
+    trainer = make_trainer(trainer_cfg, device.type, [history, *callbacks], chunks.chunks_per_epoch,
+                           max_epochs=epochs)
     try:
-        trainer.fit(module, train_dataloaders=train_batches, val_dataloaders=val_batches)
+        trainer.fit(module, train_dataloaders=chunks, val_dataloaders=val_batches)
     except SystemExit:
         # Lightning answers Ctrl-C by ignoring SIGINT and calling exit(1); give the caller back a
         # KeyboardInterrupt (and Ctrl-C) so the sweep can mark the trial and tell how to resume.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         raise KeyboardInterrupt from None
+    finally:
+        used, reason = runner.replays > 0, not_resident or runner.unused_reason()
+        runner.close()
     raw = getattr(net, "_orig_mod", net)
     if history.best_state is not None:
         raw.load_state_dict(history.best_state)
-    model = raw.to("cpu").eval()
-    return TrainResult(model, model.plan, history.epochs, history.best_value, history.best_epoch, device,
-                       time.perf_counter() - start)
+    model = raw.to("cpu", memory_format=torch.contiguous_format).eval()
+    return TrainResult(model, model.plan, history.epochs, history.best_value, history.best_epoch, device.type,
+                       time.perf_counter() - start, cuda_graphs=used, fallback_reason=reason, steps=runner.steps)
+
+
+def _val_batch_size(setting: Any, device: torch.device) -> int:
+    """Validation batch: large, since it only runs forward (auto = 1024 on CUDA, 256 on CPU)."""
+    if setting in (None, "auto"):
+        return 1024 if device.type == "cuda" else 256
+    return int(setting)
 
 
 @torch.no_grad()

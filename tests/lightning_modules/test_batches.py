@@ -6,7 +6,8 @@ import torch
 from torch.utils.data import Dataset
 
 from convsweep.lightning_modules.data import Augment, Split, make_batches
-from convsweep.lightning_modules.data.batches import DeviceBatches, LoaderBatches, augment_batch
+from convsweep.lightning_modules.data.batches import (DeviceBatches, LoaderBatches, StepChunks, augment_batch, gather_batch,
+                                                      scaled_augment)
 
 
 def labelled_split(n: int = 50, size: int = 6) -> Split:
@@ -89,3 +90,28 @@ def test_lazy_split_goes_through_a_loader_with_the_same_contract() -> None:
     assert epoch_labels(again) == first
     x, _ = next(iter(make_batches(lazy, batch_size=6, device="cpu", train=False, num_workers=0)))
     assert x.dtype == torch.uint8 and torch.equal(x, split.images[:6])
+
+
+def test_augment_strength_scales_padding_and_flip_probability() -> None:
+    augment = Augment(crop_padding=2, hflip=True)
+    assert scaled_augment(augment, 1.0) == (2, 0.5) and scaled_augment(augment, 0.0) == (0, 0.0)
+    assert scaled_augment(augment, 0.5) == (1, 0.25) and scaled_augment(augment, 2.0) == (4, 0.5)
+    assert scaled_augment(Augment(crop_padding=1, hflip=False), 1.0) == (1, 0.0)  # never flips what the data forbids
+    split = labelled_split(n=32)
+    off = make_batches(split, batch_size=32, device="cpu", train=True, augment=augment, strength=0.0)
+    x, y = next(iter(off))
+    assert torch.equal(x, split.images[y])
+
+
+def test_device_batches_and_step_chunks_walk_the_same_epoch_plan() -> None:
+    split = labelled_split()
+    batches = DeviceBatches(split, 8, "cpu", shuffle=True, augment=Augment(crop_padding=1, hflip=True), seed=5)
+    twin = DeviceBatches(split, 8, "cpu", shuffle=True, augment=Augment(crop_padding=1, hflip=True), seed=5)
+    chunks = StepChunks(twin, chunk=3, steps_per_epoch=len(twin), total_steps=len(twin) + 2)
+    first = [plan for chunk in chunks for plan in chunk]
+    assert [len(chunk) for chunk in StepChunks(batches, 3, len(batches), 100)] == [3, 3, 1]
+    assert [len(plan[0]) for plan in first] == [8] * 6 + [2]  # the ragged last batch is kept: every sample once
+    gathered = [gather_batch(twin.images, twin.labels, plan, 1, True) for plan in first]
+    for (x, y), (gx, gy) in zip(make_batches(split, 8, "cpu", train=True, augment=Augment(1, True), seed=5), gathered):
+        assert torch.equal(x, gx) and torch.equal(y, gy)
+    assert sum(len(plan[0]) for chunk in chunks for plan in chunk) == 16  # budget: 2 steps left for epoch 2
