@@ -12,7 +12,7 @@ from convsweep.errors import ConvsweepError
 # A config read back from a tracking store is data, so anything else is refused.
 ALLOWED_TARGETS = frozenset({
     "optuna.samplers.TPESampler", "optuna.samplers.RandomSampler", "optuna.samplers.GPSampler",
-    "optuna.samplers.GridSampler", "optuna.samplers.NSGAIISampler", "optuna.samplers.QMCSampler",
+    "optuna.samplers.BruteForceSampler", "optuna.samplers.NSGAIISampler", "optuna.samplers.QMCSampler",
     "optuna.pruners.MedianPruner", "optuna.pruners.SuccessiveHalvingPruner", "optuna.pruners.HyperbandPruner",
     "optuna.pruners.NopPruner", "optuna.pruners.PercentilePruner", "optuna.pruners.ThresholdPruner",
 })

@@ -257,32 +257,17 @@ class SearchSpace:
         param = self.widths["growth"]
         return param.candidates[0] if param.candidates else param.low
 
-    def grid(self) -> dict[str, list[Any]]:
-        """The full grid for GridSampler; only finite spaces with a fixed depth have one."""
-        depths = self.depth.grid_values()
-        if not depths or len(depths) != 1:
-            raise SearchSpaceError(f"{self.source}: sampler=grid needs a fixed depth (e.g. search_space.depth=2), "
-                                   "because per-block parameters depend on it")
-        depth = int(depths[0])
-        named: dict[str, Param] = {}
-        if self.width_mode == "pyramid":
-            named.update({f"widths.{k}": self.widths[k] for k in ("base_filters", "growth")})
-        else:
-            named.update({f"block{i}.filters": self.widths["filters"] for i in range(1, depth + 1)})
-        named.update({f"block{i}.{k}": p for i in range(1, depth + 1) for k, p in self.block.items()})
-        named.update({f"stem.{k}": p for k, p in self.stem.items()})
-        named.update({f"head.{k}": p for k, p in self.head.items()})
-        named.update({f"optim.{k}": p for k, p in self.optim.items() if not (k == "lr" and self.lr_by_optimizer)})
-        named.update({f"optim.{o}.lr": p for o, p in self.lr_by_optimizer.items()})
-        grid: dict[str, list[Any]] = {}
+    def check_finite(self) -> None:
+        """sampler=grid (Optuna's BruteForceSampler) walks every value of every parameter a trial can ask,
+        conditional ones included, so every range needs a step or choices. Names are the YAML keys."""
+        used = ("base_filters", "growth") if self.width_mode == "pyramid" else ("filters",)
+        named: dict[str, Param] = {"depth": self.depth, **{f"widths.{k}": self.widths[k] for k in used}}
+        for section, params in (("block", self.block), ("stem", self.stem), ("head", self.head),
+                                ("optim", self.optim), ("optim.lr", self.lr_by_optimizer)):
+            named.update({f"{section}.{k}": p for k, p in params.items()})
         for name, param in named.items():
-            if param.kind == "fixed":
-                continue
-            values = param.grid_values()
-            if values is None:
+            if param.grid_values() is None:
                 raise SearchSpaceError(f"{self.source}: {name} is a continuous range; give it a step or choices for sampler=grid")
-            grid[name] = values
-        return grid
 
 
 def _canonical(arch: ArchSpec) -> ArchSpec:

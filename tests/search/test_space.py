@@ -96,13 +96,10 @@ def test_bad_spaces_name_the_file_and_the_key(override: str, message: str) -> No
     assert "\n" not in text
 
 
-def test_grid_needs_fixed_depth_and_finite_values() -> None:
-    with pytest.raises(SearchSpaceError, match="fixed depth"):
-        shipped_space().grid()
-    with pytest.raises(SearchSpaceError, match="continuous range"):
-        shipped_space("default", "search_space.depth=1").grid()
-    space = shipped_space("default", "search_space.depth=1", "search_space.head.dropout=0.1",
-                          "search_space.optim.lr=0.01", "search_space.optim.weight_decay=0.0")
-    grid = space.grid()
-    assert grid["block1.kernel_size"] == [3, 5] and "block2.kernel_size" not in grid
-    assert "optim.lr" not in grid  # fixed values are not grid axes
+def test_grid_needs_finite_values_at_every_depth() -> None:
+    with pytest.raises(SearchSpaceError, match="head.dropout is a continuous range"):
+        shipped_space().check_finite()
+    with pytest.raises(SearchSpaceError, match="optim.lr is a continuous range"):
+        shipped_space("default", "search_space.head.dropout=0.1").check_finite()
+    shipped_space("default", "search_space.head.dropout=0.1", "search_space.optim.lr=0.01",
+                  "search_space.optim.weight_decay=0.0").check_finite()  # depth 1..3 stays a range: the grid walks it

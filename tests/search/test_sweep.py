@@ -105,7 +105,7 @@ def test_collapsing_architectures_end_pruned_with_the_reason_and_the_sweep_goes_
     ("search.metric=val/accuracy", "unknown metric 'val/accuracy'"),
     ("search.direction=minimize", "does not fit val/acc"),
     ("search_space.depth.low=0", "depth must be integers >= 1"),
-    ("sampler=grid", "sampler=grid needs a fixed depth"),
+    ("sampler=grid", "head.dropout is a continuous range; give it a step or choices for sampler=grid"),
 ])
 def test_bad_input_fails_before_anything_is_written(tiny_cfg, override: str, message: str) -> None:
     cfg = tiny_cfg(override)
