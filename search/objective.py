@@ -12,6 +12,7 @@ attr (pruned, failed, or `interrupted` by Ctrl-C or SIGTERM, which MLflow shows 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import asdict
 from typing import Any, NoReturn, Sequence
 
@@ -22,7 +23,7 @@ from optuna_integration import PyTorchLightningPruningCallback
 from convsweep.lightning_modules.arch import ArchSpec, OptimSpec
 from convsweep.lightning_modules.latency import inference_latency_ms
 from convsweep.lightning_modules.network import ArchitectureError, NetworkPlan, plan_convnet
-from convsweep.lightning_modules.runner import EpochHistory, TrainResult, train_model
+from convsweep.lightning_modules.runner import DivergedError, EpochHistory, TrainResult, train_model
 from convsweep.search import run_records as rr
 from convsweep.search.dataset_inputs import data_tags, log_dataset
 from convsweep.search.environment import environment_record
@@ -51,7 +52,7 @@ def summary_metrics(history: list[dict[str, float]], metric: str, maximize: bool
     """Final metrics of a (possibly pruned) fit: the last epoch's values and the best of `metric`."""
     if not history:
         return {}
-    values = [row[metric] for row in history if metric in row]
+    values = [row[metric] for row in history if metric in row and math.isfinite(row[metric])]
     out = {f"final/{k}": v for k, v in history[-1].items() if k != "epoch"}
     if values:
         out[f"{metric}_best"] = max(values) if maximize else min(values)
@@ -134,8 +135,11 @@ def make_objective(sweep: SweepPlan):  # noqa: ANN201 - returns the objective ca
         history.listeners.append(rr.epoch_logger(client, run_id))
         # Optuna cannot prune a multi-objective trial (Trial.report raises): it trains to the end
         callbacks = [PyTorchLightningPruningCallback(trial, metric)] if len(objectives) == 1 else []
-        result = train_model(data, arch, optim, cfg.trainer, seed=seed, metric=metric,
-                             direction=str(cfg.search.direction), callbacks=callbacks, history=history)
+        try:
+            result = train_model(data, arch, optim, cfg.trainer, seed=seed, metric=metric,
+                                 direction=str(cfg.search.direction), callbacks=callbacks, history=history)
+        except DivergedError as exc:  # a NaN loss is a result of these params, like a pruned trial: not an error
+            raise optuna.TrialPruned(str(exc)) from None
         return _complete(sweep, trial, run_id, result, objectives, cost)
 
     return objective
@@ -185,5 +189,11 @@ def _complete(sweep: SweepPlan, trial: optuna.Trial, run_id: str, result: TrainR
         trial.set_user_attr("model_uri", log_model(run_id, result.model, sweep.data.input_shape))
     trial.set_user_attr("device", result.device)
     trial.set_user_attr("duration_s", result.duration_s)
-    rr.finish_run(client, run_id, "COMPLETE", metrics, {"device": result.device, "best_epoch": result.best_epoch})
+    trial.set_user_attr("cuda_graphs", result.cuda_graphs)
+    graph_tags = {"cuda_graphs": result.cuda_graphs}  # and why not, when they were asked for (trainer.cuda_graphs)
+    if result.fallback_reason:
+        trial.set_user_attr("cuda_graphs_fallback", result.fallback_reason)
+        graph_tags["cuda_graphs.fallback_reason"] = result.fallback_reason
+    rr.finish_run(client, run_id, "COMPLETE", metrics,
+                  {"device": result.device, "best_epoch": result.best_epoch, **graph_tags})
     return value if len(values) == 1 else tuple(values)
