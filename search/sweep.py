@@ -74,19 +74,17 @@ def run_sweep(plan: SweepPlan, console: Console | None = None) -> SweepSummary:
             deadline = time.time() + float(cfg.search.timeout) if cfg.search.timeout else None
             progress = SweepProgress(study, first, n_trials, str(cfg.search.metric), console)
             with Live(progress, console=console, refresh_per_second=2, transient=False), Poller(progress):
-                pool = WorkerPool(plan, int(cfg.search.n_workers) - 1, budget, deadline)
+                def on_death(pid: int) -> None:
+                    """End the trial of a worker that died and give it back to the budget."""
+                    _recover(plan, study)
+                    budget.give_back(_lost_by(study, pid))
 
-                def watch() -> None:
-                    """End the trial of each worker that died and give it back to the budget."""
-                    for pid in pool.reap():
-                        _recover(plan, study)
-                        budget.give_back(_lost_by(study, pid))
-
-                run_trials(plan, study, budget, deadline, before_each=watch)
-                while pool.alive():  # the main process runs what a dead worker gives back
+                pool = WorkerPool(plan, int(cfg.search.n_workers) - 1, budget, deadline, on_death)
+                while True:  # the main process is a worker too, and runs what a dead worker gives back
+                    run_trials(plan, study, budget, deadline, before_each=pool.reap)
+                    if not pool.alive():
+                        break
                     pool.wait()
-                    run_trials(plan, study, budget, deadline, before_each=watch)
-                watch()
             console.print()  # the live view's last line has no newline of its own when stdout is not a terminal
             summary = summarize(study, first, plan.parent_run_id, plan.locations, resumed,
                                 owners={os.getpid(), *pool.pids}, crashed=pool.crashed)
