@@ -152,6 +152,12 @@ def recover_command(cfg: DictConfig, console: Console) -> int:
     for n in ended:
         console.print(f"trial {n}: {trials[n].state.name} ({trial_reason(trials[n])})")
     still = sorted(n for n in before if not trials[n].state.is_finished())
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    if parent and not any(t.state == TrialState.RUNNING for t in trials.values()) \
+            and client.get_run(parent).info.status == "RUNNING":
+        # no trial runs, so no sweep of the study is alive (one between two trials sets its own status at its end)
+        client.set_terminated(parent, status="KILLED")
+        console.print(f"parent run {parent} ended KILLED: its sweep is gone")
     console.print(f"study {name}: {len(ended)} lost trial(s) ended"
                   + (", their params enqueued again" if retry and ended else "")
                   + (f"; {len(still)} still running with a live worker: {', '.join(map(str, still))}" if still else ""))

@@ -13,6 +13,7 @@ import contextlib
 import multiprocessing
 import signal
 import sys
+import threading
 import time
 from multiprocessing.connection import wait
 from typing import Any, Callable, Iterator
@@ -118,17 +119,26 @@ def _worker_main(cfg_container: dict, parent_id: str, exp_id: str, worker: int, 
 
 
 class WorkerPool:
-    """The sweep's extra local worker processes: started, watched and stopped by its main process."""
+    """The sweep's extra local worker processes: started, watched and stopped by its main process.
 
-    def __init__(self, plan: SweepPlan, n: int, budget: Budget, deadline: float | None) -> None:
+    A watcher thread notices a worker that dies at once (not only between the main process's
+    trials) and calls `on_death(pid)`, which ends its trial and gives it back to the budget.
+    """
+
+    def __init__(self, plan: SweepPlan, n: int, budget: Budget, deadline: float | None,
+                 on_death: Callable[[int], None]) -> None:
         container = OmegaConf.to_container(plan.cfg, resolve=True)
         self.procs = [_SPAWN.Process(target=_worker_main, daemon=False, name=f"convsweep-worker-{i + 1}",
                                      args=(container, plan.parent_run_id, plan.experiment_id, i + 1, budget, deadline))
                       for i in range(n)]
         for proc in self.procs:
             proc.start()
-        self.crashed: list[tuple[int, int]] = []  # (pid, exit code) of workers that did not end cleanly
+        self.on_death = on_death
+        self.crashed: list[tuple[int, int]] = []  # (pid, exit code) of workers that died while the sweep ran
         self._reaped: set[int] = set()
+        self._lock = threading.Lock()
+        self._stopping = False
+        threading.Thread(target=self._watch, daemon=True, name="convsweep-workers").start()
 
     @property
     def pids(self) -> list[int]:
@@ -138,23 +148,32 @@ class WorkerPool:
         return any(p.exitcode is None for p in self.procs)
 
     def wait(self) -> None:
-        """Block until a worker exits."""
-        wait([p.sentinel for p in self.procs if p.exitcode is None])
+        """Block until a worker exits, and handle it."""
+        running = [p.sentinel for p in self.procs if p.exitcode is None]
+        if running:
+            wait(running)
+        self.reap()
 
-    def reap(self) -> list[int]:
-        """The pids of workers that died since the last call (joined, and recorded in `crashed`)."""
-        dead = []
-        for p in self.procs:
-            if p.exitcode is not None and p.pid not in self._reaped:
+    def _watch(self) -> None:
+        while self.alive():
+            self.wait()
+
+    def reap(self) -> None:
+        """Join the workers that exited; for each that died while the sweep ran, record it and call `on_death`."""
+        with self._lock:
+            for p in self.procs:
+                if p.exitcode is None or p.pid in self._reaped:
+                    continue
                 p.join()
-                self._reaped.add(p.pid)
-                if p.exitcode != 0:
+                if p.exitcode != 0 and not self._stopping:
+                    self.on_death(p.pid)
                     self.crashed.append((p.pid, p.exitcode))
-                    dead.append(p.pid)
-        return dead
+                self._reaped.add(p.pid)
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM each worker (its trial ends `interrupted`), join it; SIGKILL one that does not stop in time."""
+        with self._lock:
+            self._stopping = True
         for p in self.procs:
             if p.exitcode is None:
                 p.terminate()
