@@ -33,6 +33,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from torch.nn import functional as F
 
+from convsweep.errors import ConvsweepError
 from convsweep.lightning_modules.arch import ArchSpec, OptimSpec
 from convsweep.lightning_modules.cuda_graphs import StepRunner, resolve_cuda_graphs
 from convsweep.lightning_modules.data import ImageData, make_batches
@@ -43,6 +44,13 @@ from convsweep.lightning_modules.network import ConvNet, NetworkPlan, build_conv
 from convsweep.lightning_modules.train_step import TrainStep, autocast_dtype
 
 
+class DivergedError(ConvsweepError):
+    """The loss became NaN or infinite: training cannot recover, so the fit stops at that epoch."""
+
+
+LOSSES = ("train/loss", "val/loss")  # checked for divergence at the end of every epoch
+
+
 class EpochHistory(Callback):
     """Records every epoch's logged metrics, and keeps the weights of the best epoch by `metric`.
 
@@ -50,6 +58,10 @@ class EpochHistory(Callback):
     weights become the trial's model, so the checkpoint and the objective always agree.
     Listeners (e.g. MLflow logging) get each row as it is recorded: the history calls them
     itself, so no callback list has to put them in the right order.
+
+    Divergence is caught here, once per epoch: the losses are summed on the device during the
+    epoch and reach the host in this one sync, so no step waits for a check. A non-finite loss
+    raises `DivergedError`, and a non-finite metric never becomes the best epoch.
     """
 
     def __init__(self, metric: str, direction: str = "maximize",
@@ -72,8 +84,11 @@ class EpochHistory(Callback):
         self.epochs.append(row)
         for listener in self.listeners:
             listener(row)
+        for name in LOSSES:
+            if name in row and not math.isfinite(row[name]):
+                raise DivergedError(f"diverged: loss is {row[name]} at epoch {trainer.current_epoch} ({name})")
         value = row.get(self.metric)
-        if value is None:
+        if value is None or not math.isfinite(value):
             return
         best = self.best_value
         if best is None or (value > best if self.maximize else value < best):

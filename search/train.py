@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from convsweep.lightning_modules.arch import ArchSpec, OptimSpec
 from convsweep.lightning_modules.data import ImageData, load_dataset
 from convsweep.lightning_modules.data.base import Split
-from convsweep.lightning_modules.runner import EpochHistory, TrainResult, train_model
+from convsweep.lightning_modules.runner import DivergedError, EpochHistory, TrainResult, train_model
 from convsweep.search import run_records as rr
 from convsweep.search.dataset_inputs import data_tags, log_dataset
 from convsweep.search.environment import environment_record
@@ -75,6 +75,9 @@ def train_and_track(cfg: DictConfig, role: str = "train", tags: Mapping[str, Any
     try:
         result = train_model(data, arch, optim, cfg.trainer, seed=int(cfg.seed), metric=metric, direction=direction,
                              history=history, train_split=train_split)
+    except DivergedError as exc:
+        rr.finish_run(client, run_id, "FAIL", tags={rr.REASON: str(exc)})
+        raise DivergedError(f"{exc}: lower optim.lr, or clip gradients with trainer.gradient_clip_val=1.0") from None
     except BaseException as exc:
         rr.finish_run(client, run_id, "FAIL", tags={rr.REASON: mask_uri(f"{type(exc).__name__}: {exc}")[:1000]})
         raise
