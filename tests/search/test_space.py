@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any, Mapping
+
 import optuna
 import pytest
 from omegaconf import OmegaConf
 
+from convsweep.lightning_modules.arch import OptimSpec
 from convsweep.search.compose import compose_config
 from convsweep.search.space import SearchSpaceError, parse_space
 
 
+def shipped_yaml(name: str = "default", *overrides: str) -> dict[str, Any]:
+    return OmegaConf.to_container(compose_config([f"search_space={name}", *overrides]).search_space)
+
+
 def shipped_space(name: str = "default", *overrides: str):
-    cfg = compose_config([f"search_space={name}", *overrides])
-    return parse_space(OmegaConf.to_container(cfg.search_space), f"conf/search_space/{name}.yaml")
+    return parse_space(shipped_yaml(name, *overrides), f"conf/search_space/{name}.yaml")
+
+
+def declared(raw: Mapping[str, Any], name: str) -> Any:
+    """The YAML entry a trial param comes from: `block2.filters` from `widths.filters`, `block2.x` from `block.x`,
+    `optim.sgd.lr` from `optim.lr.sgd`, anything else from its own dotted path."""
+    parts = name.split(".")
+    if re.fullmatch(r"block\d+", parts[0]):
+        return raw["widths" if parts[1] == "filters" else "block"][parts[1]]
+    if parts[0] == "optim" and len(parts) == 3:
+        return raw["optim"]["lr"][parts[1]]
+    for part in parts:
+        raw = raw[part]
+    return raw
 
 
 def sample_many(space, n: int = 40, seed: int = 0) -> list[optuna.trial.FrozenTrial]:
@@ -22,29 +42,41 @@ def sample_many(space, n: int = 40, seed: int = 0) -> list[optuna.trial.FrozenTr
 
 
 @pytest.mark.parametrize("name", ["default", "pyramid", "wide"])
-def test_shipped_spaces_parse_and_sample(name: str) -> None:
-    space = shipped_space(name)
-    arch, optim = space.sample(optuna.trial.FixedTrial({}) if False else optuna.create_study().ask())
-    assert arch.depth >= 1 and optim.lr > 0
-
-
-def test_block_params_exist_only_up_to_the_sampled_depth() -> None:
-    trials = sample_many(shipped_space())
-    depths = {t.params["depth"] for t in trials}
-    assert depths == {1, 2, 3}
+def test_shipped_spaces_sample_every_depth_inside_the_declared_ranges(name: str) -> None:
+    raw = shipped_yaml(name)
+    space = parse_space(raw, name)
+    trials = sample_many(space)
+    assert {t.params["depth"] for t in trials} == set(range(raw["depth"]["low"], raw["depth"]["high"] + 1))
     for t in trials:
         depth = t.params["depth"]
-        for i in range(1, 4):
-            present = any(k.startswith(f"block{i}.") for k in t.params)
-            assert present == (i <= depth), (i, depth, sorted(t.params))
-        assert "block1.kernel_size" in t.params and "block1.filters" in t.params
+        blocks = {int(m.group(1)) for k in t.params if (m := re.match(r"block(\d+)\.", k))}
+        assert blocks == set(range(1, depth + 1)), sorted(t.params)  # every block up to depth, none beyond
+        for key, value in t.params.items():
+            entry = declared(raw, key)
+            if entry["type"] == "categorical":
+                assert value in entry["choices"], (key, value)
+            else:
+                assert entry["low"] <= value <= entry["high"], (key, value)
+        arch, optim = space.sample(optuna.trial.FixedTrial(t.params))  # the spec is built from these values
+        assert arch.depth == depth
+        assert [b.kernel_size for b in arch.blocks] == [t.params[f"block{i}.kernel_size"] for i in range(1, depth + 1)]
+        if raw["widths"]["mode"] == "independent":
+            assert [b.filters for b in arch.blocks] == [t.params[f"block{i}.filters"] for i in range(1, depth + 1)]
+        assert optim.lr == t.params.get("optim.lr", t.params.get(f"optim.{optim.optimizer}.lr"))
 
 
-def test_conditional_head_and_optim_params() -> None:
-    for t in sample_many(shipped_space()):
+def test_momentum_is_sampled_only_for_sgd_and_fc_width_only_with_hidden_layers() -> None:
+    """On `wide`, which searches the optimizer, momentum, and the number of hidden layers."""
+    space = shipped_space("wide")
+    trials = sample_many(space)
+    assert {t.params["optim.optimizer"] == "sgd" for t in trials} == {True, False}
+    assert {t.params["head.fc_layers"] > 0 for t in trials} == {True, False}
+    for t in trials:
+        sgd = t.params["optim.optimizer"] == "sgd"
+        assert ("optim.momentum" in t.params) == sgd
         assert ("head.fc_width" in t.params) == (t.params["head.fc_layers"] > 0)
-        assert ("optim.momentum" in t.params) is False  # momentum is fixed in the default space
-        assert "optim.optimizer" not in t.params  # AdamW only in the default space
+        _, optim = space.sample(optuna.trial.FixedTrial(t.params))
+        assert optim.momentum == (t.params["optim.momentum"] if sgd else OptimSpec.momentum)
 
 
 def test_pyramid_mode_derives_widths_from_base_and_growth() -> None:
