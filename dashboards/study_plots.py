@@ -32,6 +32,7 @@ PANEL_IN = 2.5  # width per slice panel or parallel-coordinate axis, while MAX_W
 PARALLEL_PARAMS = 8  # axes of the parallel-coordinate plot: the most important params (more is unreadable)
 BLOCK_PARAM = re.compile(r"block\d+\.")  # conditional per-block params: `block2.filters` exists iff depth >= 2
 REPORT = "report.html"  # every interactive view on one page
+_CSS = "body { font-family: sans-serif; margin: 1em } h1 { font-size: 1.3em } h2 { font-size: 1.1em; margin-top: 2em }"
 
 
 @dataclass(frozen=True)
@@ -165,13 +166,16 @@ def write_report(figures: Mapping[str, Any], path: Path, title: str) -> Path:
     import plotly.io as pio
     from plotly.offline import get_plotlyjs
 
-    sections = [f'<h2 id="{name}">{name.replace("_", " ")}</h2>\n'
-                + pio.to_html(figure, include_plotlyjs=False, full_html=False, default_height=f"{HEIGHT_IN * DPI:.0f}px")
-                for name, figure in figures.items()]
     title = html.escape(title)
-    path.write_text(f'<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n<title>{title}</title>\n'
-                    f'<script type="text/javascript">{get_plotlyjs()}</script>\n</head>\n<body>\n<h1>{title}</h1>\n'
-                    + "\n".join(sections) + "\n</body>\n</html>\n", encoding="utf-8")
+    head = [f'<meta charset="utf-8"><title>{title}</title>', f"<style>{_CSS}</style>",
+            f'<script type="text/javascript">{get_plotlyjs()}</script>']
+    body = [f"<h1>{title}</h1>"]
+    height = f"{HEIGHT_IN * DPI:.0f}px"  # as tall as the PNGs
+    for name, figure in figures.items():
+        body.append(f'<h2 id="{name}">{name.replace("_", " ")}</h2>')
+        body.append(pio.to_html(figure, include_plotlyjs=False, full_html=False, default_height=height))
+    path.write_text("\n".join(["<!DOCTYPE html>", "<html>", "<head>", *head, "</head>", "<body>", *body, "</body>",
+                               "</html>", ""]), encoding="utf-8")
     return path
 
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any, NoReturn
 
 from convsweep.errors import ConvsweepError
 from convsweep.search.masking import mask_uri
+from convsweep.search.run_records import ROLE
 from convsweep.search.storage import Locations, init_mlflow, resolve_locations
 
 STARTUP_TIMEOUT_S = 120.0  # MLflow 3's server takes 15-20 s to answer on this machine (imports alone)
@@ -82,8 +84,9 @@ def serve_ui(cfg: Any, host: str = "127.0.0.1", port: int = 5000, optuna_port: i
         _check_port_free(host, p, name)
     loc = resolve_locations(cfg.tracking)
     dashboard = _optuna_dashboard_exe(loc) if optuna_port is not None else None
-    exp = _study_experiment(loc, str(cfg.tracking.experiment_name))  # seconds: imports MLflow, opens the store
+    client, exp = _study_experiment(loc, str(cfg.tracking.experiment_name))  # seconds: imports MLflow, opens the store
     browse_host = _browse_host(host)
+    runs_url = _runs_link(client, f"http://{browse_host}:{port}", exp.experiment_id) if exp is not None else None
 
     servers: list[_Server] = []
     previous_term = signal.signal(signal.SIGTERM, _interrupt)
@@ -106,8 +109,7 @@ def serve_ui(cfg: Any, host: str = "127.0.0.1", port: int = 5000, optuna_port: i
             for server in servers:
                 _wait_until_up(server, deadline)
             if exp is not None:
-                console.print(f"MLflow UI: http://{browse_host}:{port}/#/experiments/{exp.experiment_id}/runs"
-                              f"?workflowType=machine_learning (experiment {exp.name})", soft_wrap=True)
+                console.print(f"MLflow UI: {runs_url} (experiment {exp.name})", soft_wrap=True)
             else:
                 console.print(f"MLflow UI: http://{browse_host}:{port}/ (no experiment named "
                               f"{cfg.tracking.experiment_name}; pick one from the list)", soft_wrap=True)
@@ -140,9 +142,9 @@ def _check_port_free(host: str, port: int, name: str) -> None:
                                  f"stop what uses it or pick another port") from None
 
 
-def _study_experiment(loc: Locations, name: str) -> Any:
-    """The experiment to open: the study's, else the store's only sweep (e.g. `convsweep ui` without the
-    sweep's `dataset=`), else None for the list; an empty or missing store is an error."""
+def _study_experiment(loc: Locations, name: str) -> tuple[Any, Any]:
+    """The store's client and the experiment to open: the study's, else the store's only sweep (e.g. `convsweep
+    ui` without the sweep's `dataset=`), else None for the list; an empty or missing store is an error."""
     if loc.mlflow_uri.startswith("sqlite:///"):
         db = Path(loc.mlflow_uri[len("sqlite:///"):])
         if not db.is_file():
@@ -150,11 +152,27 @@ def _study_experiment(loc: Locations, name: str) -> Any:
     client = init_mlflow(loc)
     exp = client.get_experiment_by_name(name)
     if exp is not None and exp.lifecycle_stage == "active":
-        return exp
+        return client, exp
     sweeps = client.search_experiments(filter_string="name != 'Default'", max_results=2)
     if not sweeps:
         raise ConvsweepError(f"the MLflow store {mask_uri(loc.mlflow_uri)} holds no sweep yet; {_FIX}")
-    return sweeps[0] if len(sweeps) == 1 else None
+    return client, (sweeps[0] if len(sweeps) == 1 else None)
+
+
+def _runs_link(client: Any, base_url: str, experiment_id: str) -> str:
+    """The experiment's runs table with the trials best first by the sweep's metric (as its parent run records it).
+
+    The UI keeps the sort in the URL (`orderByKey`, `orderByAsc`), and lists runs flat rather than
+    folded under their parent whenever they are sorted by anything but start time: every trial shows.
+    """
+    query = {"workflowType": "machine_learning"}  # the runs table, not the GenAI traces view
+    parents = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE}` = 'parent'", max_results=1)
+    metric = parents[0].data.params.get("metric") if parents else None
+    if metric:
+        query["orderByKey"] = f"metrics.`{metric}_best`"  # each trial's best epoch: the value Optuna ranks
+        query["orderByAsc"] = str(parents[0].data.params.get("direction") == "minimize").lower()
+    encoded = urllib.parse.urlencode(query, quote_via=urllib.parse.quote)  # metrics.%60val%2Facc_best%60
+    return f"{base_url}/#/experiments/{experiment_id}/runs?{encoded}"
 
 
 def _optuna_dashboard_exe(loc: Locations) -> str:
