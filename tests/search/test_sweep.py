@@ -6,6 +6,7 @@ import mlflow
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from optuna.samplers._gp.sampler import _RELATIVE_PARAMS_KEY
 from rich.console import Console
 
 from convsweep.errors import ConvsweepError
@@ -27,6 +28,7 @@ def children(client: MlflowClient, exp_id: str, parent_id: str) -> list:
     return sorted(runs, key=lambda r: int(r.data.tags[tracking.TRIAL]))
 
 
+@pytest.mark.slow
 def test_sweep_records_parent_children_params_metrics_and_resumes(tiny_cfg) -> None:
     cfg = tiny_cfg("pruner=none")
     summary = run_sweep(prepare_sweep(cfg), quiet())
@@ -73,6 +75,7 @@ def test_sweep_records_parent_children_params_metrics_and_resumes(tiny_cfg) -> N
     assert len(children(client, exp.experiment_id, parent.info.run_id)) == 6
 
 
+@pytest.mark.slow
 def test_deterministic_pruner_prunes_and_mlflow_records_it(tiny_cfg) -> None:
     cfg = tiny_cfg("pruner=threshold", "pruner.lower=1.5", "pruner.n_warmup_steps=0", "search.n_trials=2")
     run_sweep(prepare_sweep(cfg), quiet())
@@ -88,6 +91,7 @@ def test_deterministic_pruner_prunes_and_mlflow_records_it(tiny_cfg) -> None:
     assert all("pruned at epoch 0" in r.data.tags[tracking.REASON] for r in runs)
 
 
+@pytest.mark.slow
 def test_collapsing_architectures_end_pruned_with_the_reason_and_the_sweep_goes_on(tiny_cfg) -> None:
     cfg = tiny_cfg("search_space.depth=4", "search_space.block.downsample=maxpool", "search_space.block.padding_mode=zeros",
                    "search.n_trials=2")
@@ -114,6 +118,7 @@ def test_bad_input_fails_before_anything_is_written(tiny_cfg, override: str, mes
     assert not resolve_locations(cfg.tracking).run_dir.exists()
 
 
+@pytest.mark.slow
 def test_compute_budget_prunes_costly_architectures_before_training(tiny_cfg) -> None:
     cfg = tiny_cfg("search.max_macs=10", "search.n_trials=2")
     run_sweep(prepare_sweep(cfg), quiet())
@@ -123,8 +128,28 @@ def test_compute_budget_prunes_costly_architectures_before_training(tiny_cfg) ->
     assert all(not t.intermediate_values for t in study.trials)  # no epoch was trained
 
 
+@pytest.mark.slow
+def test_the_gp_sampler_proposes_and_successive_halving_prunes(tiny_cfg) -> None:
+    """One start-up trial of six, so the GP proposes the other five (it records each proposal in the trial's
+    system attrs). Successive halving's first rung is epoch 1 (min_resource=1) and, with fewer than six
+    trials there, only the best so far is promoted: a trial that is not ends PRUNED after that epoch."""
+    cfg = tiny_cfg("sampler=gp", "sampler.n_startup_trials=1", "pruner=successive_halving", "search.n_trials=6")
+    run_sweep(prepare_sweep(cfg), quiet())
+    trials = ensure_study_exists(resolve_locations(cfg.tracking), "tiny").trials
+    assert len(trials) == 6 and all(t.state in (TS.COMPLETE, TS.PRUNED) for t in trials)
+
+    proposed = [t.number for t in trials if any(key.startswith(_RELATIVE_PARAMS_KEY) for key in t.system_attrs)]
+    assert proposed and 0 not in proposed  # trial 0 is the random start-up trial
+    halved = [t for t in trials if t.state == TS.PRUNED and "completed_rung_0" in t.system_attrs]
+    assert halved and all(sorted(t.intermediate_values) == [0, 1] for t in halved)
+    for t in halved:  # a better value had reached the rung first
+        earlier = [e.system_attrs["completed_rung_0"] for e in trials[:t.number] if "completed_rung_0" in e.system_attrs]
+        assert max(earlier) > t.system_attrs["completed_rung_0"]
+    assert trials[0].state == TS.COMPLETE
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
-    ("sampler=gp", "pruner=successive_halving"),
     ("sampler=grid", "search_space.depth=1", "search_space.head.dropout=0.0", "search_space.optim.lr=0.01",
      "search_space.optim.weight_decay=0.0", "search_space.block.activation=relu",
      "search_space.block.padding_mode=zeros"),
