@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 import torch
 from lightning.pytorch import seed_everything
 from torch.nn import functional as F
-from torch.utils.data import Dataset
 
 from convsweep.lightning_modules import cuda_graphs
 from convsweep.lightning_modules.arch import ArchSpec, BlockSpec, OptimSpec
@@ -19,9 +18,19 @@ from convsweep.lightning_modules.data.batches import DeviceBatches
 from convsweep.lightning_modules.network import build_convnet
 from convsweep.lightning_modules.runner import evaluate_model, train_model
 from convsweep.lightning_modules.schedule import lr_table
+from tests.lightning_modules.test_batches import PairsDataset
 
 ARCH = ArchSpec(blocks=(BlockSpec(8), BlockSpec(16)))
 SGD = OptimSpec(optimizer="sgd", lr=0.2, batch_size=128)  # digits: 1,257 train images = 9 full batches + 105
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny nets gain nothing from a second thread, and on a shared 2-core machine it makes them several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -139,19 +148,6 @@ def test_the_model_returned_has_the_best_epochs_weights(digits: ImageData) -> No
     assert result.best_value == max(r["val/acc"] for r in result.history)
     assert scored["acc"] == pytest.approx(result.best_value, abs=1.5 / len(digits.val))
     assert next(result.model.parameters()).device.type == "cpu"
-
-
-class PairsDataset(Dataset):
-    """A split streamed from disk: (uint8 (C, H, W), int label) per item."""
-
-    def __init__(self, split: Split) -> None:
-        self.split = split
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.split.images[i], int(self.split.labels[i])  # type: ignore[index]
 
 
 def test_a_streamed_split_trains_eagerly_and_says_why_not_graphed(digits: ImageData) -> None:
