@@ -2,6 +2,8 @@
 
 Runs at the end of every sweep and from `convsweep report`. It only reads finished results
 (the study and the logged models) and draws; a view that cannot be made is skipped with a note.
+A model URI comes from the study, which anyone with access to a shared storage can write, so
+models are read as data (`load_logged_net`: weights and spec), never unpickled.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from convsweep.dashboards.cnn_views import log_cnn_views
 from convsweep.dashboards.leaderboard import ranked_trials
 from convsweep.dashboards.study_plots import log_study_plots
 from convsweep.lightning_modules.data import ImageData
+from convsweep.lightning_modules.saved_model import load_logged_net
 
 
 def log_sweep_views(study: optuna.Study, client: Any, parent_run_id: str, metric: str, data: ImageData | None,
@@ -39,5 +42,6 @@ def log_sweep_views(study: optuna.Study, client: Any, parent_run_id: str, metric
             if not uri or not run_id:
                 console.print(f"CNN views skipped for trial {trial.number}: no logged model (search.log_models=all logs every one)")
                 continue
-            model = mlflow.pytorch.load_model(uri, map_location="cpu")
-            log_cnn_views(client, run_id, model, data, Path(tmp) / f"trial-{trial.number}")
+            folder = Path(tmp) / f"trial-{trial.number}"
+            model = load_logged_net(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder / "model")))
+            log_cnn_views(client, run_id, model, data, folder)

@@ -262,6 +262,7 @@ class ConvNet(nn.Module):
     def __init__(self, spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int,
                  mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
+        self.spec, self.input_shape, self.num_classes = spec, tuple(input_shape), num_classes  # to save and rebuild it
         self.plan = plan_convnet(spec, input_shape, num_classes)
         self.input_norm = InputNorm(mean, std)
         self.stem = make_stem(spec.stem, input_shape[0])

@@ -136,5 +136,6 @@ def export_best(cfg: DictConfig, output: str, register: str | None, console: Con
         import mlflow
 
         version = mlflow.register_model(uri, register)
-        console.print(f"registered models:/{register}/{version.version} (load: mlflow.pytorch.load_model('models:/{register}/latest'))")
+        console.print(f"registered models:/{register}/{version.version} "
+                      f"(load: mlflow.pyfunc.load_model('models:/{register}/latest').predict(uint8_images))")
     return 0

@@ -94,6 +94,7 @@ def open_optuna_storage(loc: Locations, create: bool = True, heartbeat_interval:
 def init_mlflow(loc: Locations) -> Any:
     """Point MLflow at the store once per process and return a client (runs the SQLite migrations once)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here, and no reason to phone home
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per small model download is noise
     import mlflow
     from mlflow.tracking import MlflowClient
 

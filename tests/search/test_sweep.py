@@ -10,6 +10,7 @@ from optuna.samplers._gp.sampler import _RELATIVE_PARAMS_KEY
 from rich.console import Console
 
 from convsweep.errors import ConvsweepError
+from convsweep.lightning_modules.data import load_dataset
 from convsweep.search import run_records as tracking
 from convsweep.search.storage import resolve_locations
 from convsweep.search.preflight import prepare_sweep
@@ -65,9 +66,9 @@ def test_sweep_records_parent_children_params_metrics_and_resumes(tiny_cfg) -> N
         assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
 
     best = study.best_trial
-    model = mlflow.pytorch.load_model(best.user_attrs["model_uri"])
-    x = next(iter(__import__("convsweep.lightning_modules.data", fromlist=["load_dataset"]).load_dataset(cfg.dataset).val.images.split(16)))
-    assert model(x).shape == (16, 10)
+    model = mlflow.pyfunc.load_model(best.user_attrs["model_uri"])  # raw uint8 images in, logits out
+    x = load_dataset(cfg.dataset).val.images[:16].numpy()
+    assert model.predict(x).shape == (16, 10)
 
     again = run_sweep(prepare_sweep(cfg), quiet())  # same study + storage: resume, not restart
     assert again.resumed and again.parent_run_id == summary.parent_run_id
