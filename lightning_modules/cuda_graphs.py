@@ -66,12 +66,12 @@ def capture_graph(fn: Callable[[], None], device: torch.device) -> Callable[[], 
 
 
 @contextlib.contextmanager
-def side_stream(device: torch.device) -> Iterator[None]:
-    """Run the block on a fresh CUDA stream ordered after, and then before, the current one (no-op off CUDA)."""
-    if device.type != "cuda":
+def on_stream(stream: torch.cuda.Stream | None) -> Iterator[None]:
+    """Run the block on `stream`, ordered after, and then before, the current stream (no-op for None)."""
+    if stream is None:
         yield
         return
-    stream, current = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+    current = torch.cuda.current_stream(stream.device)
     stream.wait_stream(current)
     with torch.cuda.stream(stream):
         yield
@@ -93,6 +93,8 @@ class StepRunner:
         self.wanted = graphs
         self.static_plan = torch.zeros(4, self.batch_size, dtype=torch.long, device=step.device)  # the graph's input
         self.replay: Callable[[], None] | None = None
+        # one side stream for all warm-up steps, so their freed blocks stay in one stream's cache
+        self.side = torch.cuda.Stream(step.device) if graphs and step.device.type == "cuda" else None
         self.fallback_reason: str | None = None
         self.steps = 0  # optimizer steps run, all paths
         self.full_steps = 0  # of which full-size resident batches, the ones a graph can replay
@@ -121,7 +123,7 @@ class StepRunner:
     def _graph_step(self, plan: torch.Tensor) -> None:
         self.full_steps += 1
         if self.replay is None and self.full_steps <= self.warmup:
-            with side_stream(self.step.device):
+            with on_stream(self.side):
                 self.step.on_plan(plan)
             return
         self.static_plan.copy_(plan)
