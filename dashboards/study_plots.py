@@ -63,6 +63,11 @@ def _param_names(trials: list[FrozenTrial]) -> set[str]:
     return {name for t in trials for name in t.params}
 
 
+def _width(inches: float) -> float:
+    """A figure width within [WIDTH_IN, MAX_WIDTH_IN]."""
+    return min(max(WIDTH_IN, inches), MAX_WIDTH_IN)
+
+
 def _history(study: optuna.Study, metric: str) -> _Plot:
     _require_completed(study, 1)
     return _Plot("plot_optimization_history", _target(study, metric))
@@ -133,10 +138,6 @@ VIEWS: dict[str, Callable[[optuna.Study, str], _Plot]] = {
     "slice": _slice,
     "pareto_front": _pareto,
 }
-
-
-def _width(inches: float) -> float:
-    return min(max(WIDTH_IN, inches), MAX_WIDTH_IN)
 
 
 def _draw(name: str, view: Callable[[optuna.Study, str], _Plot], study: optuna.Study, metric: str, out_dir: Path,
