@@ -10,6 +10,7 @@ from convsweep.dashboards.leaderboard import (failure_counts, failures_table, le
 from convsweep.dashboards.sweep_views import log_sweep_views
 from convsweep.lightning_modules.data import load_dataset
 from convsweep.errors import ConvsweepError
+from convsweep.search.best import objective_names
 from convsweep.search.readback import trial_config
 from convsweep.search.storage import init_mlflow, resolve_locations
 from convsweep.search.studies import ensure_study_exists
@@ -19,7 +20,7 @@ def report(cfg: DictConfig, console: Console) -> int:
     """`convsweep report --study NAME`: regenerate the views on the study's runs and print the leaderboard."""
     loc = resolve_locations(cfg.tracking)
     study = ensure_study_exists(loc, str(cfg.search.study_name))
-    metric = str(cfg.search.metric)
+    metric = objective_names(study, str(cfg.search.metric))[0]  # the study's own, not this command's config
     parent = study.user_attrs.get("mlflow_parent_run_id")
     if not parent:
         raise ConvsweepError(f"study '{study.study_name}' has no MLflow parent run; was it made by `convsweep sweep`?")

@@ -17,7 +17,7 @@ from convsweep.search.sweep import run_sweep
 DIVERGING = ("search_space.optim.optimizer=sgd", "search_space.optim.lr={type:float,low:1000.0,high:10000.0,log:true}")
 
 
-def test_diverging_trials_end_pruned_with_the_reason_and_never_a_nan_value(tiny_cfg) -> None:
+def test_diverging_trials_end_pruned_with_the_reason_and_never_a_nan_value(tiny_cfg, capsys) -> None:
     cfg = tiny_cfg(*DIVERGING, "search.metric=val/loss", "search.direction=minimize", "search.n_trials=2",
                    "pruner=none")
     run_sweep(prepare_sweep(cfg), Console(quiet=True))
@@ -31,6 +31,12 @@ def test_diverging_trials_end_pruned_with_the_reason_and_never_a_nan_value(tiny_
         run = MlflowClient(loc.mlflow_uri).get_run(trial.user_attrs["mlflow_run_id"])
         assert run.data.tags[rr.REASON] == trial.user_attrs["reason"] and run.info.status == "KILLED"
         assert "val/loss_best" not in run.data.metrics  # a NaN is not the best of anything
+    # read-only commands take the metric from the study (set_metric_names), not from their own config
+    capsys.readouterr()
+    assert main(["report", "--study", "tiny", f"tracking.run_dir={loc.run_dir}"]) == 0
+    out = capsys.readouterr().out
+    assert "val/loss" in out and "val/acc" not in out
+    assert "diverged: loss is" in out  # the failures table names why
 
 
 def test_training_a_diverging_config_is_a_one_line_error(tiny_cfg, capsys) -> None:
