@@ -142,8 +142,6 @@ def prepare_sweep(cfg: DictConfig) -> SweepPlan:
     space = parse_space(OmegaConf.to_container(cfg.search_space), space_source(cfg))
     make_sampler(cfg, space)
     safe_instantiate(cfg.pruner)
-    if int(cfg.search.n_workers) < 1 or int(cfg.search.n_trials) < 1:
-        raise ConvsweepError("search.n_trials and search.n_workers must be >= 1")
     data = load_dataset(cfg.dataset)
     locations = resolve_locations(cfg.tracking)
     if not locations.is_journal:
