@@ -1,9 +1,15 @@
-"""Several worker processes on one study: local journal storage, and PostgreSQL as across machines."""
+"""Several worker processes on one study: local journal storage, and PostgreSQL as across machines.
+
+Each trial's lease (search/lease.py) names the process that ran it, so the tests see which worker
+ran what.
+"""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from typing import Any, Callable
 
 import optuna
 import pytest
@@ -11,14 +17,42 @@ from mlflow.tracking import MlflowClient
 from rich.console import Console
 
 from convsweep.search import run_records as tracking
+from convsweep.search import workers
+from convsweep.search.lease import LEASE
 from convsweep.search.storage import resolve_locations
 from convsweep.search.preflight import prepare_sweep
 from convsweep.search.studies import ensure_study_exists
 from convsweep.search.sweep import run_sweep
 
 
+WORKER_START_TIMEOUT_S = 300  # a spawned worker imports torch, Lightning and MLflow first: 10-40 s here
+
+
+@pytest.fixture
+def every_worker_runs_a_trial(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep's main process, a worker too and already warm, holds its first trial until a spawned worker
+    has started one (the trial's lease names another pid). Without this it can run the whole budget before
+    the spawned worker has imported torch; with it, a spawned worker that runs nothing fails the test."""
+    make_objective = workers.make_objective
+
+    def held(plan: Any) -> Callable[[optuna.Trial], Any]:
+        objective = make_objective(plan)
+
+        def run(trial: optuna.Trial) -> Any:
+            deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+            while not any(t.user_attrs.get(LEASE, {}).get("pid") not in (None, os.getpid())
+                          for t in trial.study.get_trials(deepcopy=False)):
+                assert time.monotonic() < deadline, f"no spawned worker started a trial in {WORKER_START_TIMEOUT_S} s"
+                time.sleep(0.2)
+            return objective(trial)
+
+        return run
+
+    monkeypatch.setattr(workers, "make_objective", held)  # in this process only: spawned workers import afresh
+
+
 def check_shared_study(cfg, n_trials: int) -> None:
-    """Every trial ran once, under one parent run, with one MLflow child run each."""
+    """Every trial ran once, under one parent run, with one MLflow child run each; every worker ran some."""
     loc = resolve_locations(cfg.tracking)
     study = ensure_study_exists(loc, str(cfg.search.study_name))
     trials = study.get_trials(deepcopy=False)
@@ -27,6 +61,7 @@ def check_shared_study(cfg, n_trials: int) -> None:
     assert n_trials <= len(trials) <= n_trials + int(cfg.search.n_workers) - 1  # a worker may start one last trial
     assert sorted(t.number for t in trials) == list(range(len(trials)))
     assert len({t.user_attrs["mlflow_run_id"] for t in trials}) == len(trials)
+    assert len({t.user_attrs[LEASE]["pid"] for t in trials}) == int(cfg.search.n_workers)
     client = MlflowClient(loc.mlflow_uri)
     exp = client.get_experiment_by_name(str(cfg.tracking.experiment_name))
     parents = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.ROLE}` = 'parent'")
@@ -37,6 +72,7 @@ def check_shared_study(cfg, n_trials: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("every_worker_runs_a_trial")
 def test_two_local_workers_share_the_journal_study(tiny_cfg) -> None:
     cfg = tiny_cfg("search.n_workers=2", "search.n_trials=4", "pruner=none", study="workers")
     run_sweep(prepare_sweep(cfg), Console(quiet=True))
@@ -44,6 +80,8 @@ def test_two_local_workers_share_the_journal_study(tiny_cfg) -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.slow
+@pytest.mark.usefixtures("every_worker_runs_a_trial")
 def test_workers_share_a_postgres_study_and_the_password_is_masked(tiny_cfg, tmp_path: Path) -> None:
     url = os.environ.get("CONVSWEEP_TEST_PG")
     if not url:
