@@ -205,6 +205,7 @@ def _misclassified_view(data: ImageData, evaluation: dict[str, Any]) -> Figure:
 
 
 def _write_per_class(path: Path, data: ImageData, evaluation: dict[str, Any]) -> Path:
+    """Validation accuracy per class with its support, as JSON: the numbers behind the confusion matrix."""
     support = evaluation["confusion"].sum(1).tolist()
     per_class = {name: {"acc": acc, "n": n}
                  for name, acc, n in zip(data.class_names, evaluation["per_class_acc"], support)}

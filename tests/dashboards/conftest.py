@@ -7,6 +7,7 @@ per-epoch intermediate values and a deterministic pruner, so some trials end PRU
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -14,6 +15,7 @@ import mlflow
 import optuna
 import pytest
 import torch
+from optuna.exceptions import ExperimentalWarning
 
 from convsweep.lightning_modules.arch import ArchSpec, BlockSpec
 from convsweep.lightning_modules.data.base import ImageData, Split, in_memory_data
@@ -80,7 +82,9 @@ def sweep_study() -> optuna.Study:
 def multi_objective_study() -> optuna.Study:
     """(val/acc max, params_count min): the accuracy/size trade-off a Pareto plot is for."""
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
-    study.set_metric_names(["val/acc", "params_count"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # set_metric_names is experimental in Optuna 5
+        study.set_metric_names(["val/acc", "params_count"])
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         value = sweep_objective(trial, report=False)

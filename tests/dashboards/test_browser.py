@@ -99,7 +99,8 @@ def trials_in_table_order(page: Page) -> list[str]:
     """The trial run names as the runs table shows them, top to bottom (the grid's row-index, not DOM order)."""
     trial = re.compile(r"^trial-\d{3}$")
     rows = page.locator("[role=row][row-index]").filter(has=page.get_by_role("link", name=trial))
-    by_index = {int(row.get_attribute("row-index")): row.get_by_role("link", name=trial).inner_text() for row in rows.all()}
+    by_index = {int(row.get_attribute("row-index")): row.get_by_role("link", name=trial).inner_text()
+                for row in rows.all()}
     return [by_index[i] for i in sorted(by_index)]
 
 
@@ -113,9 +114,9 @@ def test_mlflow_ui_shows_sorted_trials_their_params_filter_grid_and_offline_plot
     best_run = run_tiny_sweep(run_dir)
     client = MlflowClient(resolve_locations({"run_dir": str(run_dir)}).mlflow_uri)
     experiment = client.get_experiment_by_name(STUDY).experiment_id
-    trials_run = client.search_runs([experiment], filter_string=f"tags.`{ROLE}` = 'trial'")
-    trial_000 = next(r for r in trials_run if r.info.run_name == "trial-000")
-    best_value = {r.info.run_name: r.data.metrics["val/acc_best"] for r in trials_run}
+    trial_runs = client.search_runs([experiment], filter_string=f"tags.`{ROLE}` = 'trial'")
+    trial_000 = next(r for r in trial_runs if r.info.run_name == "trial-000")
+    best_value = {r.info.run_name: r.data.metrics["val/acc_best"] for r in trial_runs}
     parent_run = client.search_runs([experiment], filter_string=f"tags.`{ROLE}` = 'parent'")[0].info.run_id
     views = [a.path for a in client.list_artifacts(parent_run, "plots") if a.path.endswith(".png")]  # one per view
     server = start_ui("--port", str(free_port()), f"tracking.run_dir={run_dir}", f"search.study_name={STUDY}")
