@@ -78,3 +78,18 @@ def test_a_params_budget_is_a_constraint_and_over_budget_nets_never_train(tiny_c
         assert "params exceeds the budget search.max_params=10" in t.user_attrs["invalid_reason"]
         assert t.constraints["max_params"] > 0  # what TPE, NSGA-II and GP learn the budget from
         assert not t.intermediate_values  # no epoch was trained
+
+
+@pytest.mark.slow
+def test_nsga2_runs_a_multi_objective_sweep_inside_a_params_budget(tiny_cfg) -> None:
+    cfg = tiny_cfg(OBJECTIVES, "sampler=nsga2", "search.max_params=3000", "search.n_trials=3", "trainer.max_epochs=1",
+                   study="nsga2")
+    run_sweep(prepare_sweep(cfg), Console(quiet=True))
+    study = ensure_study_exists(resolve_locations(cfg.tracking), "nsga2")
+    assert len(study.trials) == 3 and all(t.state in (TS.COMPLETE, TS.PRUNED) for t in study.trials)
+    for t in study.trials:
+        params = t.user_attrs.get("params_count")
+        if t.state == TS.COMPLETE:  # trained: inside the budget, and its constraint says so
+            assert t.values[1] == params <= 3000 and t.constraints["max_params"] <= 0
+        elif "max_params" in t.constraints:  # refused for its size before training
+            assert t.constraints["max_params"] > 0 and not t.intermediate_values
