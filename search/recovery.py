@@ -20,9 +20,9 @@ from rich.console import Console
 
 from convsweep.dashboards.leaderboard import WORKER_LOST, trial_reason
 from convsweep.search import run_records as rr
+from convsweep.search.run_records import INTERRUPTED
 from convsweep.search.lease import LEASE, owner_gone, this_host
 
-INTERRUPTED = "interrupted"
 TrialState = optuna.trial.TrialState
 
 
@@ -96,7 +96,8 @@ def close_orphan_runs(study: optuna.Study, client: Any, experiment_id: str | Non
         trial = trials.get(int(number)) if number is not None else None
         if trial is not None and trial.state.is_finished():
             reason = trial_reason(trial)
-            rr.finish_run(client, run.info.run_id, trial.state.name, tags={rr.REASON: reason} if reason else None)
+            rr.finish_run(client, run.info.run_id, trial.state.name, tags={rr.REASON: reason} if reason else None,
+                          status="KILLED" if reason == INTERRUPTED else None)
 
 
 def recover(study: optuna.Study, client: Any, experiment_id: str | None, *, grace_period: float, retry: bool,

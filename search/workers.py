@@ -9,20 +9,19 @@ interrupted ends FAIL with the reason `interrupted` instead of staying RUNNING.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
-import signal
 import sys
 import threading
 import time
 from multiprocessing.connection import wait
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import optuna
 from omegaconf import OmegaConf
 
 from convsweep.errors import ConvsweepError
 from convsweep.lightning_modules.data import load_dataset
+from convsweep.search.interrupts import interrupt_on_signals
 from convsweep.search.objective import make_objective
 from convsweep.search.parent_run import best_tags_callback
 from convsweep.search.preflight import SweepPlan, space_source
@@ -60,29 +59,6 @@ class Budget:
             self._left.value += n
 
 
-def ignore_signals() -> None:
-    """Ignore Ctrl-C and SIGTERM (until `interrupt_on_signals` restores the handlers it found)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def interrupt_on_signals() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt, as Ctrl-C (SIGINT) does; after the first, both are ignored so
-    the clean-up (ending the trial and its run, stopping workers) is not cut short."""
-
-    def interrupt(signum: int, frame: Any) -> None:
-        ignore_signals()
-        raise KeyboardInterrupt
-
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def run_trials(plan: SweepPlan, study: optuna.Study, budget: Budget, deadline: float | None,
                before_each: Callable[[], None] = lambda: None) -> None:
     """One worker's loop: claim a trial from the budget and run it, until the budget or the time is spent.
@@ -94,7 +70,6 @@ def run_trials(plan: SweepPlan, study: optuna.Study, budget: Budget, deadline: f
         deadline: unix seconds after which no trial starts (`search.timeout`), or None.
         before_each: called before each claim (the main process watches its workers there).
     """
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # again: spawned workers start with Optuna's default
     objective = make_objective(plan)
     callbacks = [best_tags_callback(plan.client, str(plan.parent_run_id), str(plan.cfg.search.metric))]
     while True:
@@ -107,6 +82,7 @@ def run_trials(plan: SweepPlan, study: optuna.Study, budget: Budget, deadline: f
 def _worker_main(cfg_container: dict, parent_id: str, exp_id: str, worker: int, budget: Budget,
                  deadline: float | None) -> None:
     """Entry point of an extra local worker process (spawned: fresh interpreter, own dataset cache)."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a spawned interpreter starts with Optuna's default
     with interrupt_on_signals():
         try:
             cfg = OmegaConf.create(cfg_container)

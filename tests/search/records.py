@@ -1,0 +1,89 @@
+"""Helpers for the kill, crash and signal tests: run `convsweep sweep` as a user would, wait for an event
+in its stores, and check that the record it leaves is true."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import optuna
+from mlflow.tracking import MlflowClient
+
+from convsweep.dashboards.leaderboard import trial_reason
+from convsweep.search import run_records as rr
+from convsweep.search.storage import Locations, StorageError
+from convsweep.search.studies import ensure_study_exists
+
+TS = optuna.trial.TrialState
+EVENT_TIMEOUT_S = 900  # a generous bound for a loaded 2-core CI machine; the tests wait on events, not on time
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160", "OMP_NUM_THREADS": "1"}
+
+
+def start_sweep(args: Sequence[str], log: Path, cwd: Path) -> subprocess.Popen:
+    """`convsweep sweep ARGS` in its own process, output to `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "convsweep", "sweep", *args], stdout=out,
+                                stderr=subprocess.STDOUT, cwd=cwd, env=ENV)
+
+
+def wait_for_epoch(proc: subprocess.Popen, log: Path, loc: Locations, study_name: str,
+                   which: Callable[[optuna.trial.FrozenTrial], bool] = lambda t: True) -> optuna.trial.FrozenTrial:
+    """Block until a RUNNING trial (one `which` accepts) has logged an epoch to its MLflow run: the event a kill
+    waits for, so the kill lands mid-trial. The MLflow store is read only once the study has a trial (its
+    migrations are done by then)."""
+    deadline, client = time.monotonic() + EVENT_TIMEOUT_S, None
+    while True:
+        assert proc.poll() is None, f"the sweep ended early ({proc.returncode}):\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no epoch logged in {EVENT_TIMEOUT_S} s:\n{log.read_text()[-3000:]}"
+        try:
+            trials = ensure_study_exists(loc, study_name).get_trials(deepcopy=False, states=(TS.RUNNING,))
+        except StorageError:  # the study is not created yet
+            trials = []
+        for trial in trials:
+            run_id = trial.user_attrs.get("mlflow_run_id")
+            if run_id and which(trial):
+                client = client or MlflowClient(loc.mlflow_uri)
+                if client.get_metric_history(run_id, "val/acc"):
+                    return trial
+        time.sleep(0.2)
+
+
+def trial_runs(client: MlflowClient, experiment_name: str) -> list:
+    exp = client.get_experiment_by_name(experiment_name)
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.`{rr.ROLE}` = 'trial'", max_results=1000)
+
+
+def parent_run(client: MlflowClient, experiment_name: str):  # noqa: ANN201 - an MLflow Run
+    exp = client.get_experiment_by_name(experiment_name)
+    (parent,) = client.search_runs([exp.experiment_id], filter_string=f"tags.`{rr.ROLE}` = 'parent'")
+    return parent
+
+
+def check_true_record(loc: Locations, study_name: str, experiment_name: str | None = None) -> list[optuna.trial.FrozenTrial]:
+    """No trial and no MLflow run RUNNING; trials and runs map one to one, with the same state and reason.
+
+    Returns:
+        The study's trials.
+    """
+    trials = ensure_study_exists(loc, study_name).get_trials(deepcopy=False)
+    assert [t.number for t in trials if t.state == TS.RUNNING] == []
+    client = MlflowClient(loc.mlflow_uri)
+    runs = {r.info.run_id: r for r in trial_runs(client, experiment_name or study_name)}
+    assert [r.info.run_name for r in runs.values() if r.info.status == "RUNNING"] == []
+    assert parent_run(client, experiment_name or study_name).info.status != "RUNNING"
+    ran = [t for t in trials if t.state != TS.WAITING]  # an enqueued retry has no run yet
+    by_trial = {t.user_attrs["mlflow_run_id"]: t for t in ran}
+    assert set(by_trial) == set(runs) and len(by_trial) == len(ran)  # one run per trial, one trial per run
+    for run_id, t in by_trial.items():
+        run = runs[run_id]
+        assert run.data.tags[rr.TRIAL] == str(t.number)
+        assert run.data.tags[rr.STATE] == t.state.name
+        interrupted = t.user_attrs.get("reason") == "interrupted"
+        assert run.info.status == ("KILLED" if interrupted else rr.MLFLOW_STATUS[t.state.name]), (t.number, run.info.status)
+        if t.state != TS.COMPLETE:
+            assert run.data.tags[rr.REASON] == trial_reason(t)
+    return trials
