@@ -28,10 +28,10 @@ from convsweep.search import run_records as rr
 from convsweep.search.dataset_inputs import data_tags, log_dataset
 from convsweep.search.environment import environment_record
 from convsweep.search.lease import Lease
-from convsweep.search.masking import mask_uri, to_yaml
+from convsweep.search.masking import to_yaml
 from convsweep.search.model_logging import log_model
 from convsweep.search.preflight import Objective, SweepPlan, sweep_objectives
-from convsweep.search.recovery import INTERRUPTED
+from convsweep.search.interrupts import deferred
 
 
 def trial_config(cfg: DictConfig, arch: ArchSpec, optim: OptimSpec, seed: int) -> DictConfig:
@@ -104,12 +104,15 @@ def make_objective(sweep: SweepPlan):  # noqa: ANN201 - returns the objective ca
             arch, optim = sweep.space.sample(trial)
             seed = int(cfg.search.seed) + trial.number
             history = EpochHistory(metric, str(cfg.search.direction))
-            run_id = rr.start_child_run(
-                client, sweep.experiment_id, sweep.parent_run_id, f"trial-{trial.number:03d}", "trial",
-                params={**run_params(trial.params, arch, optim), "seed": seed},
-                tags={rr.STUDY: trial.study.study_name, rr.TRIAL: trial.number, **env_tags, **dtags},
-                config_yaml=to_yaml(trial_config(cfg, arch, optim, seed)))
+            run_id = None
             try:
+                with deferred():  # an interrupt waits until the run exists and the trial knows it
+                    run_id = rr.start_child_run(
+                        client, sweep.experiment_id, sweep.parent_run_id, f"trial-{trial.number:03d}", "trial",
+                        params={**run_params(trial.params, arch, optim), "seed": seed},
+                        tags={rr.STUDY: trial.study.study_name, rr.TRIAL: trial.number, **env_tags, **dtags},
+                        config_yaml=to_yaml(trial_config(cfg, arch, optim, seed)))
+                    trial.set_user_attr("mlflow_run_id", run_id)  # its config lives once, as that run's config.yaml
                 return fit(trial, run_id, arch, optim, seed, history)
             except BaseException as exc:
                 _end_early(client, trial, run_id, exc, summary_metrics(history.epochs, metric, maximize))
@@ -118,9 +121,9 @@ def make_objective(sweep: SweepPlan):  # noqa: ANN201 - returns the objective ca
     def fit(trial: optuna.Trial, run_id: str, arch: ArchSpec, optim: OptimSpec, seed: int,
             history: EpochHistory) -> float | tuple[float, ...]:
         """Check, train and record one trial whose run exists; raises TrialPruned or an error to end it early."""
-        trial.set_user_attr("mlflow_run_id", run_id)  # the trial's config lives once, as that run's config.yaml
         trial.set_user_attr("filters", [block.filters for block in arch.blocks])  # for the leaderboard
-        log_dataset(client, run_id, data)
+        with deferred():
+            log_dataset(client, run_id, data)
         try:
             net_plan = plan_convnet(arch, data.input_shape, data.num_classes)
         except ArchitectureError as exc:
@@ -145,24 +148,26 @@ def make_objective(sweep: SweepPlan):  # noqa: ANN201 - returns the objective ca
     return objective
 
 
-def _end_early(client: Any, trial: optuna.Trial, run_id: str, exc: BaseException, metrics: dict[str, float]) -> None:
+def _end_early(client: Any, trial: optuna.Trial, run_id: str | None, exc: BaseException,
+               metrics: dict[str, float]) -> None:
     """Record why a trial ends without a result, as its `reason` attr and its run's `convsweep.reason` tag.
 
     Pruned: PRUNED (MLflow KILLED). Ctrl-C or SIGTERM: FAIL `interrupted` (MLflow KILLED). Any
-    other error: FAIL with the error, passwords masked (MLflow FAILED). Optuna then records the state.
+    other error: FAIL with the error, passwords masked (MLflow FAILED). Optuna then records the
+    state. Without `run_id` the run was never made (or `start_child_run` ended it).
     """
-    if isinstance(exc, optuna.TrialPruned):
-        state, status, reason = "PRUNED", None, str(exc)
-    elif isinstance(exc, KeyboardInterrupt):
-        state, status, reason = "FAIL", "KILLED", INTERRUPTED
-    else:
-        state, status, reason = "FAIL", None, mask_uri(f"{type(exc).__name__}: {exc}")[:1000]
+    pruned = isinstance(exc, optuna.TrialPruned)
+    reason = str(exc) if pruned else rr.failure_reason(exc)
     # The store may be what failed: the trial still ends with the original error, and a later
     # recovery (`close_orphan_runs`) ends a run left RUNNING here.
     with contextlib.suppress(Exception):
         trial.set_user_attr("reason", reason)
-    with contextlib.suppress(Exception):
-        rr.finish_run(client, run_id, state, metrics, {rr.REASON: reason}, status=status)
+    if run_id is not None:
+        with contextlib.suppress(Exception):
+            if pruned:
+                rr.finish_run(client, run_id, "PRUNED", metrics, {rr.REASON: reason})
+            else:
+                rr.end_failed(client, run_id, exc, metrics)
 
 
 def _reject(trial: optuna.Trial, reason: str, mode: str) -> NoReturn:
@@ -186,7 +191,8 @@ def _complete(sweep: SweepPlan, trial: optuna.Trial, run_id: str, result: TrainR
                "duration_s": result.duration_s, **measured}
     mode = sweep.cfg.search.log_models
     if mode == "all" or (mode == "best" and not _beaten(trial.study, values, len(values))):
-        trial.set_user_attr("model_uri", log_model(run_id, result.model, sweep.data.input_shape))
+        with deferred():
+            trial.set_user_attr("model_uri", log_model(run_id, result.model, sweep.data.input_shape))
     trial.set_user_attr("device", result.device)
     trial.set_user_attr("duration_s", result.duration_s)
     trial.set_user_attr("cuda_graphs", result.cuda_graphs)

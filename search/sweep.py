@@ -23,10 +23,12 @@ from rich.live import Live
 from convsweep.search.live_view import Poller, SweepProgress
 from convsweep.search.parent_run import open_sweep_run, record_best
 from convsweep.search.preflight import SweepPlan
-from convsweep.search.recovery import INTERRUPTED, recover
+from convsweep.search.recovery import recover
+from convsweep.search.run_records import INTERRUPTED
 from convsweep.search.studies import open_study
 from convsweep.search.summary import SweepSummary, summarize
-from convsweep.search.workers import Budget, WorkerPool, ignore_signals, interrupt_on_signals, run_trials
+from convsweep.search.interrupts import ignore_signals, interrupt_on_signals
+from convsweep.search.workers import Budget, WorkerPool, run_trials
 
 
 def _recover(plan: SweepPlan, study: optuna.Study, **kwargs: object) -> list[int]:
@@ -61,7 +63,7 @@ def run_sweep(plan: SweepPlan, console: Console | None = None) -> SweepSummary:
         study = open_study(plan)
         first = len(study.trials)
         resumed = open_sweep_run(plan, study)  # from here on the parent run is ended on every path
-        status, pool = "FAILED", None
+        status, pool, progress = "FAILED", None, None
         try:
             lost = _recover(plan, study)
             if lost:
@@ -96,6 +98,9 @@ def run_sweep(plan: SweepPlan, console: Console | None = None) -> SweepSummary:
             if pool is not None:
                 pool.stop()
             _recover(plan, study, ended_pids={os.getpid(), *(pool.pids if pool else [])}, reason=INTERRUPTED)
+            if progress is not None:
+                progress.poll()  # the lines of the trials the interrupt ended
+            console.print()
             console.print(f"interrupted: finished trials are kept; run the same command to resume study {study.study_name}")
             raise
         finally:
