@@ -15,6 +15,7 @@ failure never ends the trial: the reason is kept for the run record.
 from __future__ import annotations
 
 import contextlib
+import gc
 from typing import Callable, Iterator
 
 import torch
@@ -51,16 +52,22 @@ def capture_graph(fn: Callable[[], None], device: torch.device) -> Callable[[], 
     stream = torch.cuda.Stream(device)
     torch.cuda.synchronize(device)
     stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        # thread_local: a background thread (e.g. model logging) touching CUDA cannot spoil the capture
-        graph.capture_begin(capture_error_mode="thread_local")
-        try:
-            fn()
-        except BaseException:
-            with contextlib.suppress(RuntimeError):
-                graph.capture_end()
-            raise
-        graph.capture_end()
+    collecting = gc.isenabled()
+    gc.disable()  # no collection mid-capture (torch.cuda.graph runs a full gc.collect() first instead, per trial)
+    try:
+        with torch.cuda.stream(stream):
+            # thread_local: a background thread (e.g. model logging) touching CUDA cannot spoil the capture
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                fn()
+            except BaseException:
+                with contextlib.suppress(RuntimeError):
+                    graph.capture_end()
+                raise
+            graph.capture_end()
+    finally:
+        if collecting:
+            gc.enable()
     torch.cuda.current_stream(device).wait_stream(stream)
     return graph.replay
 
