@@ -13,8 +13,8 @@ Per-trial fixed cost, and what keeps it small:
   new architecture, so autotuning would run again for each new conv shape (train batch,
   ragged last batch, validation batch) in every trial, a cost paid before the first useful
   step; small convs gain little from it;
-- the Trainer costs about 12 ms to build (half of it Lightning scanning entry points for
-  external callbacks); the model is logged by the search side, not here.
+- the Trainer costs about 12 ms to build on an idle core (most of it Lightning scanning
+  entry points for external callbacks); the model is logged by the search side, not here.
 """
 
 from __future__ import annotations
