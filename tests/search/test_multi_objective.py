@@ -69,6 +69,7 @@ def test_a_multi_objective_sweep_leaves_a_pareto_set_in_best_and_mlflow(tiny_cfg
     assert len(ensure_study_exists(loc, "mo").trials) == 4
 
 
+@pytest.mark.slow
 def test_a_params_budget_is_a_constraint_and_over_budget_nets_never_train(tiny_cfg) -> None:
     cfg = tiny_cfg("search.max_params=10", "search.n_trials=2")
     run_sweep(prepare_sweep(cfg), Console(quiet=True))

@@ -111,6 +111,11 @@ def test_collapsing_architectures_end_pruned_with_the_reason_and_the_sweep_goes_
     ("search.direction=minimize", "does not fit val/acc"),
     ("search_space.depth.low=0", "depth must be integers >= 1"),
     ("sampler=grid", "head.dropout is a continuous range; give it a step or choices for sampler=grid"),
+    ("search.objectives=[val/acc:maximize,model/size:minimize]", "unknown objective 'model/size'"),
+    ("search.objectives=[val/acc:maximize,model/params:maximize]", "use model/params:minimize"),
+    ("search.objectives=[val/acc:max,model/params]", "the direction must be maximize or minimize"),
+    ("search.objectives=[model/params:minimize,val/acc:maximize]", "must start with the sweep's metric"),
+    ("search.objectives=[val/acc,model/params,model/params]", "'model/params' appears twice"),
 ])
 def test_bad_input_fails_before_anything_is_written(tiny_cfg, override: str, message: str) -> None:
     cfg = tiny_cfg(override)
