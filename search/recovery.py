@@ -130,6 +130,14 @@ def recover(study: optuna.Study, client: Any, experiment_id: str | None, *, grac
     return ended
 
 
+def lost_trials_of(study: optuna.Study, pid: int) -> int:
+    """How many trials of this host's process `pid` ended lost (by a recovery or by Optuna's heartbeat):
+    what a dead local worker gives back to its sweep's budget."""
+    host = this_host()
+    return sum((t.user_attrs.get(LEASE) or {}).get("pid") == pid and t.user_attrs[LEASE].get("host") == host
+               and trial_reason(t) == WORKER_LOST for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+
+
 def recover_command(cfg: DictConfig, console: Console) -> int:
     """convsweep recover --study NAME: end the study's lost trials now, as a sweep's start would."""
     from convsweep.search.storage import experiment_id, init_mlflow, open_optuna_storage, resolve_locations

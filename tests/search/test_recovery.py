@@ -25,7 +25,7 @@ from convsweep.search import run_records as rr
 from convsweep.search.cli import main
 from convsweep.search.lease import LEASE, Lease, pid_alive, this_host
 from convsweep.search.preflight import prepare_sweep
-from convsweep.search.recovery import lost_trial_callback, recover
+from convsweep.search.recovery import lost_trial_callback, lost_trials_of, recover
 from convsweep.search.run_records import INTERRUPTED
 from convsweep.search.storage import init_mlflow, open_optuna_storage, resolve_locations
 from convsweep.search.studies import ensure_study_exists
@@ -105,6 +105,8 @@ def test_recover_ends_trials_whose_owner_is_gone_and_only_those(tmp_path: Path, 
         sorted((t.number, t.params["depth"]) for t in (dead, stale, unrecorded))
     assert recover(s.study, s.client, s.exp, grace_period=180, retry=True, journal=True) == []  # once only
     assert len(s.study.get_trials(states=(TS.WAITING,))) == 3
+    assert lost_trials_of(s.study, dead.user_attrs[LEASE]["pid"]) == 1  # what that worker gives back to the budget
+    assert lost_trials_of(s.study, os.getpid()) == 0
 
 
 def test_an_interrupted_sweeps_own_trials_end_interrupted_and_killed_not_retried(tmp_path: Path, mlflow_dir: Path) -> None:
