@@ -85,7 +85,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         console.print(failures_table(failures[:10], f"trials without a result: {summary.study_name}"))
     console.print(f"this sweep: {summary.n_complete} complete, {summary.n_pruned} pruned, {summary.n_failed} failed")
     for pid, code in summary.crashed:
-        console.print(f"[red]worker process {pid} crashed[/] (exit code {code}); its trial ended as `worker lost`")
+        console.print(f"[red]worker process {pid} crashed[/] (exit code {code}): a trial it was running ended "
+                      "`worker lost` and did not count toward search.n_trials")
     if summary.n_failed and not summary.n_complete:
         console.print("[red]no trial completed[/]: every trial of this sweep failed (reasons above)")
     if summary.best_value is not None:

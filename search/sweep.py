@@ -23,7 +23,7 @@ from rich.live import Live
 from convsweep.search.live_view import Poller, SweepProgress
 from convsweep.search.parent_run import open_sweep_run, record_best
 from convsweep.search.preflight import SweepPlan
-from convsweep.search.recovery import recover
+from convsweep.search.recovery import lost_trials_of, recover
 from convsweep.search.run_records import INTERRUPTED
 from convsweep.search.studies import open_study
 from convsweep.search.summary import SweepSummary, summarize
@@ -35,15 +35,6 @@ def _recover(plan: SweepPlan, study: optuna.Study, **kwargs: object) -> list[int
     search = plan.cfg.search
     return recover(study, plan.client, plan.experiment_id, grace_period=float(search.grace_period),
                    retry=bool(search.retry_lost), journal=plan.locations.is_journal, **kwargs)  # type: ignore[arg-type]
-
-
-def _lost_by(study: optuna.Study, pid: int) -> int:
-    """How many trials of this host's process `pid` ended lost (by this process's recovery or Optuna's heartbeat)."""
-    from convsweep.dashboards.leaderboard import WORKER_LOST, trial_reason
-    from convsweep.search.lease import LEASE, this_host
-
-    return sum((t.user_attrs.get(LEASE) or {}).get("pid") == pid and t.user_attrs[LEASE].get("host") == this_host()
-               and trial_reason(t) == WORKER_LOST for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)))
 
 
 def run_sweep(plan: SweepPlan, console: Console | None = None) -> SweepSummary:
@@ -79,7 +70,7 @@ def run_sweep(plan: SweepPlan, console: Console | None = None) -> SweepSummary:
                 def on_death(pid: int) -> None:
                     """End the trial of a worker that died and give it back to the budget."""
                     _recover(plan, study)
-                    budget.give_back(_lost_by(study, pid))
+                    budget.give_back(lost_trials_of(study, pid))
 
                 pool = WorkerPool(plan, int(cfg.search.n_workers) - 1, budget, deadline, on_death)
                 while True:  # the main process is a worker too, and runs what a dead worker gives back
