@@ -65,6 +65,7 @@ class SearchSchema(Section):
     max_macs: Optional[PosFloat]  # multiply-accumulates per image
     max_params: Optional[PosFloat]  # weights per net
     objectives: list[str]  # NAME:DIRECTION, checked in preflight
+    enqueue: list[str]  # conf/arch names run first, checked in preflight
     retry_lost: bool  # run a lost trial's params again
     heartbeat_interval: PosInt  # seconds between a running trial's heartbeats
     grace_period: PosInt  # seconds without a heartbeat before a trial counts as lost
@@ -208,8 +209,9 @@ def describe(annotation: Any) -> str:
         text = parts[-1] if len(parts) == 1 else \
             ", ".join(parts[:-1]) + (", " if " or " in parts[-1] else " or ") + parts[-1]
         return f"{text}, or null" if type(None) in args else text
-    if origin is list:
-        return "a list"
+    if origin is list:  # `list[str]` -> 'a list of strings, e.g. [a,b]'
+        item = describe(args[0]).removeprefix("an ").removeprefix("a ") if args else "value"
+        return f"a list of {item}s, e.g. [a,b]"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}.get(
         annotation, getattr(annotation, "__name__", str(annotation)))
 
