@@ -19,8 +19,14 @@ from convsweep.lightning_modules.data.base import ImageData
 from convsweep.lightning_modules.network import ConvNet
 from convsweep.lightning_modules.runner import evaluate_model
 
+
 CNN_FILES = {"cnn/filters.png", "cnn/activations.png", "cnn/confusion_matrix.png", "cnn/misclassified.png",
              "cnn/per_class_accuracy.json", "cnn/notes.txt"}
+
+
+def first_conv(net: torch.nn.Module) -> torch.nn.Conv2d:
+    """The net's first conv layer, in module order: the one whose filters the grid shows."""
+    return next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
 
 
 def _saved_png(fig: object, path: Path) -> np.ndarray:
@@ -42,7 +48,7 @@ def test_filter_grid_has_one_tile_per_first_layer_filter(tiny_data: Callable[...
     grid = filter_grid(net)
 
     rows, cols = grid.grid_shape
-    assert grid.n_tiles == net.blocks[0][0].out_channels == filters
+    assert grid.n_tiles == first_conv(net).out_channels == filters
     assert rows * cols >= filters > (rows - 1) * cols
     t = grid.tile_size
     assert grid.image.shape == (rows * t + (rows + 1) * GAP_PX, cols * t + (cols + 1) * GAP_PX, 3)
@@ -58,7 +64,7 @@ def test_a_tiny_filter_is_as_visible_as_a_large_one(tiny_data: Callable[..., Ima
                                                     tiny_net: Callable[..., ConvNet]) -> None:
     net = tiny_net(tiny_data())
     with torch.no_grad():
-        net.blocks[0][0].weight[0] *= 1e-4
+        first_conv(net).weight[0] *= 1e-4
 
     grid = filter_grid(net)
 
