@@ -1,4 +1,4 @@
-"""Shared by the `convsweep ui` tests and the browser test: free ports, and the UI in a subprocess."""
+"""Shared by every test package: one MLflow store per session, free ports, and `convsweep ui` in a subprocess."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -38,6 +38,15 @@ class UiProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
+
+
+@pytest.fixture(scope="session")
+def mlflow_client(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One SQLite MLflow store for the session's tests that need a store but no sweep: opening a store
+    runs migrations (seconds). A test makes its own experiment in it."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Real in-memory Optuna studies, a tiny ConvNet with random data, and one real MLflow store.
+"""Real in-memory Optuna studies, a tiny ConvNet with random data, and runs in the session's MLflow store.
 
 The studies are made the way a convsweep sweep makes them: conditional `block{i}.*` params,
 per-epoch intermediate values and a deterministic pruner, so some trials end PRUNED.
@@ -122,13 +122,6 @@ def tiny_data() -> Callable[..., ImageData]:
 def tiny_net() -> Callable[..., ConvNet]:
     """`tiny_net(data, filters=(6, 12))`."""
     return _tiny_net
-
-
-@pytest.fixture(scope="session")
-def mlflow_client(tmp_path_factory: pytest.TempPathFactory) -> mlflow.MlflowClient:
-    """One SQLite store for the whole session: opening one runs migrations (seconds)."""
-    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    return mlflow.MlflowClient(f"sqlite:///{db}")
 
 
 @pytest.fixture

@@ -10,10 +10,12 @@ from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_B
 from convsweep.search.run_records import log_batch
 
 
-def test_one_log_batch_call_stores_more_than_mlflows_per_request_limits(tmp_path: Path) -> None:
+def test_one_log_batch_call_stores_more_than_mlflows_per_request_limits(mlflow_client: MlflowClient,
+                                                                         tmp_path: Path) -> None:
     """MLflow's store rejects a request over 1000 metrics or 100 params/tags; the client splits ours."""
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run_id = client.create_run(client.create_experiment("batch", artifact_location=tmp_path.as_uri())).info.run_id
+    client = mlflow_client
+    experiment = client.create_experiment(f"batch-{tmp_path.name}", artifact_location=tmp_path.as_uri())
+    run_id = client.create_run(experiment).info.run_id
     metrics = {f"m{i:04d}": i / 7 for i in range(MAX_METRICS_PER_BATCH + 500)}
     params = {f"p{i:03d}": f"value-{i}" for i in range(MAX_PARAMS_TAGS_PER_BATCH + 50)}
     tags = {f"t{i:03d}": i for i in range(MAX_PARAMS_TAGS_PER_BATCH + 20)}
