@@ -25,6 +25,9 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
         assert command in out.stdout
 
 
+LOADS_TORCH = pytest.mark.slow  # past the config checks: the subprocess imports torch, MLflow, ... (8-30 s each)
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["dataset=imagenet"], "unknown dataset 'imagenet'; choose one of: cifar10, digits"),
     (["sampler=bayes"], "unknown sampler 'bayes'"),
@@ -33,12 +36,14 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
     (["trainer.max_epochs=many"], "trainer.max_epochs must be an integer >= 1 (got 'many')"),
     (["search.timeout=abc"], "search.timeout must be a number > 0, or null (got 'abc')"),
     (["search.seed=null"], "search.seed must be an integer (got None)"),
-    (["search_space.depth.low=9"], "conf/search_space/default.yaml: depth: low (9) > high (3)"),
-    (["search.metric=val/f1"], "unknown metric 'val/f1'"),
+    pytest.param(["search_space.depth.low=9"], "conf/search_space/default.yaml: depth: low (9) > high (3)",
+                 marks=LOADS_TORCH),
+    pytest.param(["search.metric=val/f1"], "unknown metric 'val/f1'", marks=LOADS_TORCH),
     (["dataset=image_folder"], "dataset.root is required"),
-    (["dataset=fashion_mnist", "dataset.download=false", "dataset.root=/nonexistent"],
-     "/nonexistent/FashionMNIST/raw/train-images-idx3-ubyte"),
-    (["tracking.optuna_storage=postgresql://u:hunter2@127.0.0.1:1/db"], "cannot reach the Optuna storage"),
+    pytest.param(["dataset=fashion_mnist", "dataset.download=false", "dataset.root=/nonexistent"],
+                 "/nonexistent/FashionMNIST/raw/train-images-idx3-ubyte", marks=LOADS_TORCH),
+    pytest.param(["tracking.optuna_storage=postgresql://u:hunter2@127.0.0.1:1/db"], "cannot reach the Optuna storage",
+                 marks=LOADS_TORCH),
 ])
 def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path: Path, args: list[str], message: str) -> None:
     run_dir = tmp_path / "runs"
@@ -51,6 +56,7 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path: Path, args: 
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_sweep_prints_results_and_the_ui_command(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs"
     out = convsweep("sweep", *tiny_overrides(run_dir, "cli", "search.n_trials=2"), cwd=tmp_path)

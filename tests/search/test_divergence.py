@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 
@@ -17,6 +18,7 @@ from convsweep.search.sweep import run_sweep
 DIVERGING = ("search_space.optim.optimizer=sgd", "search_space.optim.lr={type:float,low:1000.0,high:10000.0,log:true}")
 
 
+@pytest.mark.slow
 def test_diverging_trials_end_pruned_with_the_reason_and_never_a_nan_value(tiny_cfg, capsys) -> None:
     cfg = tiny_cfg(*DIVERGING, "search.metric=val/loss", "search.direction=minimize", "search.n_trials=2",
                    "pruner=none")
@@ -39,6 +41,7 @@ def test_diverging_trials_end_pruned_with_the_reason_and_never_a_nan_value(tiny_
     assert "diverged: loss is" in out  # the failures table names why
 
 
+@pytest.mark.slow
 def test_training_a_diverging_config_is_a_one_line_error(tiny_cfg, capsys) -> None:
     cfg = tiny_cfg()
     args = ["train", "dataset=digits", f"tracking.run_dir={resolve_locations(cfg.tracking).run_dir}",

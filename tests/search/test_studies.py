@@ -36,6 +36,7 @@ def param_sets(study: optuna.Study) -> list[tuple]:
     return [tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False)]
 
 
+@pytest.mark.slow
 def test_resumed_random_sweeps_never_repeat_a_parameter_set(tiny_cfg) -> None:
     cfg = tiny_cfg("sampler=random", study="rnd")
     plan = prepare_sweep(cfg)
@@ -48,6 +49,7 @@ def test_resumed_random_sweeps_never_repeat_a_parameter_set(tiny_cfg) -> None:
     assert param_sets(invocation(cfg, 3, plan)) == sets[:3]
 
 
+@pytest.mark.slow
 def test_grid_walks_every_depth_of_a_conditional_space_once(tiny_cfg) -> None:
     fixed = ["search_space.block.convs=1", "search_space.block.residual=false", "search_space.block.downsample=maxpool",
              "search_space.block.padding_mode=zeros", "search_space.block.pointwise=false",
@@ -63,6 +65,7 @@ def test_grid_walks_every_depth_of_a_conditional_space_once(tiny_cfg) -> None:
     assert all(("block2.filters" in dict(s)) == (dict(s)["depth"] == 2) for s in sets)
 
 
+@pytest.mark.slow
 def test_resuming_with_another_space_is_refused_before_anything_is_written(tiny_cfg, tmp_path: Path, capsys) -> None:
     invocation(tiny_cfg(study="rs"), 1)
     journal = Path(resolve_locations(tiny_cfg(study="rs").tracking).optuna_url)

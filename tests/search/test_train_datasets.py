@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from convsweep.search import run_records as tracking
@@ -18,6 +19,7 @@ def trained_runs(run_dir: Path, experiment: str) -> list:
     return client.search_runs([exp.experiment_id], filter_string=f"tags.`{tracking.ROLE}` = 'train'")
 
 
+@pytest.mark.slow
 def test_fashion_mnist_trains_from_local_files(tmp_path: Path) -> None:
     write_fake_mnist(tmp_path / "data", "FashionMNIST", n_train=300, n_test=60)
     assert main(["train", "dataset=fashion_mnist", f"dataset.root={tmp_path / 'data'}", "dataset.download=false",
@@ -27,6 +29,7 @@ def test_fashion_mnist_trains_from_local_files(tmp_path: Path) -> None:
     assert "val/acc" in run.data.metrics
 
 
+@pytest.mark.slow
 def test_image_folder_too_large_for_memory_trains_through_the_dataloader_fallback(tmp_path: Path) -> None:
     make_folder(tmp_path / "pets", {"cat": "RGB", "dog": "RGB", "owl": "L"}, n=12)
     assert main(["train", "dataset=image_folder", f"dataset.root={tmp_path / 'pets'}", "dataset.image_size=16",
