@@ -132,6 +132,19 @@ def check_same_space(loc: Locations, cfg: DictConfig) -> None:
                              f"search.study_name={name}-{option}")
 
 
+def resolve_n_workers(cfg: DictConfig) -> int:
+    """Replace `search.n_workers: auto` by the count for this device and its cores, in `cfg` itself.
+
+    The workers, the live view and the run's logged config then all hold the number that ran.
+    """
+    if cfg.search.n_workers == "auto":
+        from convsweep.lightning_modules.runner import resolve_device  # noqa: PLC0415 - torch only when a sweep runs
+        from convsweep.lightning_modules.worker_budget import auto_workers  # noqa: PLC0415
+
+        cfg.search.n_workers = auto_workers(resolve_device(str(cfg.trainer.accelerator)))
+    return int(cfg.search.n_workers)
+
+
 def prepare_sweep(cfg: DictConfig) -> SweepPlan:
     """Check config, space, metric, sampler, pruner and dataset; raise ConvsweepError before writing anything."""
     import optuna
@@ -139,6 +152,7 @@ def prepare_sweep(cfg: DictConfig) -> SweepPlan:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the live view reports every trial, failures with their reason
     check_metric(cfg)
     sweep_objectives(cfg)
+    resolve_n_workers(cfg)
     space = parse_space(OmegaConf.to_container(cfg.search_space), space_source(cfg))
     make_sampler(cfg, space)
     safe_instantiate(cfg.pruner)

@@ -58,7 +58,7 @@ class SearchSchema(Section):
     direction: Literal["maximize", "minimize"]
     metric: str  # one of the metrics a trial logs: checked against them in preflight
     seed: int
-    n_workers: PosInt
+    n_workers: Union[Literal["auto"], PosInt]  # auto: resolved in preflight (lightning_modules/worker_budget.py)
     log_models: Literal["best", "all", "none"]
     top_k_views: NonNegInt
     fail_on_collapse: Literal["pruned", "failed"]

@@ -17,10 +17,11 @@ from multiprocessing.connection import wait
 from typing import Callable
 
 import optuna
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from convsweep.errors import ConvsweepError
 from convsweep.lightning_modules.data import load_dataset
+from convsweep.lightning_modules.worker_budget import set_worker_threads
 from convsweep.search.interrupts import interrupt_on_signals
 from convsweep.search.objective import make_objective
 from convsweep.search.parent_run import best_tags_callback
@@ -70,6 +71,7 @@ def run_trials(plan: SweepPlan, study: optuna.Study, budget: Budget, deadline: f
         deadline: unix seconds after which no trial starts (`search.timeout`), or None.
         before_each: called before each claim (the main process watches its workers there).
     """
+    set_threads(plan.cfg)
     objective = make_objective(plan)
     callbacks = [best_tags_callback(plan.client, str(plan.parent_run_id), str(plan.cfg.search.metric))]
     while True:
@@ -77,6 +79,17 @@ def run_trials(plan: SweepPlan, study: optuna.Study, budget: Budget, deadline: f
         if (deadline is not None and time.time() >= deadline) or not budget.take():
             return
         study.optimize(objective, n_trials=1, catch=TRIAL_ERRORS, callbacks=callbacks, gc_after_trial=False)
+
+
+def set_threads(cfg: DictConfig) -> int:
+    """Give this worker process its share of the cores, cores // search.n_workers torch threads.
+
+    Without it each of N workers starts torch with one thread per core and the machine runs
+    N-fold oversubscribed. `trainer.num_threads`, when set, wins (the trial sets it itself).
+    """
+    if cfg.trainer.get("num_threads"):
+        return int(cfg.trainer.num_threads)
+    return set_worker_threads(int(cfg.search.n_workers))
 
 
 def _worker_main(cfg_container: dict, parent_id: str, exp_id: str, worker: int, budget: Budget,
