@@ -94,6 +94,7 @@ def open_optuna_storage(loc: Locations, create: bool = True, heartbeat_interval:
 def init_mlflow(loc: Locations) -> Any:
     """Point MLflow at the store once per process and return a client (runs the SQLite migrations once)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no network here, and no reason to phone home
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a server's per-run URL lines would cut the live view
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per small model download is noise
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -119,7 +120,14 @@ def experiment_id(client: Any, name: str, loc: Locations, create: bool = True) -
         return exp.experiment_id
     if not create:
         return None
-    return client.create_experiment(name, artifact_location=f"{loc.artifact_location.rstrip('/')}/{_slug(name)}")
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, artifact_location=f"{loc.artifact_location.rstrip('/')}/{_slug(name)}")
+    except MlflowException as exc:  # another machine starting the same study created it first
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def _slug(name: str) -> str:
