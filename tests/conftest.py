@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,12 +42,27 @@ class UiProcess:
 
 
 @pytest.fixture(scope="session")
-def mlflow_client(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """One SQLite MLflow store for the session's tests that need a store but no sweep: opening a store
-    runs migrations (seconds). A test makes its own experiment in it."""
+def migrated_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its schema made and only the `Default` experiment, never written again.
+
+    Opening a new store runs MLflow's migrations (seconds); a test that needs a fresh store copies this file.
+    """
     from mlflow import MlflowClient
 
-    return MlflowClient(f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()  # the first query creates the tables
+    return db
+
+
+@pytest.fixture(scope="session")
+def mlflow_client(migrated_mlflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One SQLite MLflow store for the session's tests that need a store but no sweep; each test makes
+    its own experiment in it."""
+    from mlflow import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    shutil.copy(migrated_mlflow_db, db)
+    return MlflowClient(f"sqlite:///{db}")
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import urllib.request
@@ -21,9 +22,10 @@ _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run directory as a sweep leaves it: the study's MLflow experiment and its Optuna study (seconds: migrations)."""
+def store(tmp_path_factory: pytest.TempPathFactory, migrated_mlflow_db: Path) -> Path:
+    """A run directory as a sweep leaves it: the study's MLflow experiment and its Optuna study."""
     run_dir = tmp_path_factory.mktemp("runs")
+    shutil.copy(migrated_mlflow_db, run_dir / "mlflow.db")
     loc = resolve_locations({"run_dir": str(run_dir)})
     experiment_id(MlflowClient(loc.mlflow_uri), STUDY, loc)
     optuna.create_study(study_name=STUDY, storage=open_optuna_storage(loc))
@@ -59,11 +61,12 @@ def test_taken_port_is_a_one_line_error(store: Path) -> None:
 
 
 @pytest.mark.parametrize("state", ["missing", "empty"])
-def test_missing_or_empty_store_says_to_sweep_first(tmp_path: Path, free_port: Callable[[], int], state: str) -> None:
+def test_missing_or_empty_store_says_to_sweep_first(tmp_path: Path, free_port: Callable[[], int], state: str,
+                                                   migrated_mlflow_db: Path) -> None:
     run_dir = tmp_path / "runs"
     if state == "empty":  # a store MLflow made, holding only its Default experiment
         run_dir.mkdir()
-        MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}").search_experiments()
+        shutil.copy(migrated_mlflow_db, run_dir / "mlflow.db")
     out = ui(run_dir, free_port())
     assert_one_line_error(out, "run `convsweep sweep` first", "tracking.run_dir=")
     assert run_dir.exists() == (state == "empty")
