@@ -63,13 +63,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     process crashed or every trial failed, 2 for a user error, 130 when interrupted (Ctrl-C, SIGTERM).
     """
     cfg = _compose(args)  # config errors surface before the heavy imports below
+    from convsweep.search import store_prewarm
+    from convsweep.search.storage import resolve_locations
+
+    prewarm = store_prewarm.start(resolve_locations(cfg.tracking).mlflow_uri)  # migrates while torch imports
+    try:
+        return _sweep(cfg, prewarm)
+    finally:
+        if prewarm is not None:
+            prewarm.discard()
+
+
+def _sweep(cfg: Any, prewarm: Any) -> int:
+    """The sweep itself, once the new store (if any) is migrating; imports here are the heavy ones."""
     from convsweep.dashboards.leaderboard import failure_counts, failures_table, leaderboard, leaderboard_table, state_counts
     from convsweep.search.preflight import prepare_sweep
     from convsweep.search.studies import ensure_study_exists
     from convsweep.search.sweep import run_sweep
 
     console = _console()
-    plan = prepare_sweep(cfg)
+    plan = prepare_sweep(cfg, prewarm)
     console.print(f"study [bold]{cfg.search.study_name}[/] on {plan.data.name} {plan.data.sizes()} | "
                   f"sampler {cfg.choices.sampler}, pruner {cfg.choices.pruner}, {cfg.search.n_trials} trials "
                   f"x {cfg.trainer.max_epochs} epochs | metric {cfg.search.metric}"

@@ -21,6 +21,7 @@ from convsweep.search.allowlist import safe_instantiate
 from convsweep.search.samplers import make_sampler
 from convsweep.search.space import SearchSpace, parse_space
 from convsweep.search.storage import Locations, init_mlflow, open_optuna_storage, resolve_locations
+from convsweep.search.store_prewarm import StorePrewarm
 
 
 @dataclass
@@ -145,8 +146,14 @@ def resolve_n_workers(cfg: DictConfig) -> int:
     return int(cfg.search.n_workers)
 
 
-def prepare_sweep(cfg: DictConfig) -> SweepPlan:
-    """Check config, space, metric, sampler, pruner and dataset; raise ConvsweepError before writing anything."""
+def prepare_sweep(cfg: DictConfig, prewarm: StorePrewarm | None = None) -> SweepPlan:
+    """Check config, space, metric, sampler, pruner and dataset; raise ConvsweepError before writing anything.
+
+    Args:
+        cfg: the composed config.
+        prewarm: a new MLflow store being migrated meanwhile (`store_prewarm.start`), put in place
+            once every check has passed.
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the live view reports every trial, failures with their reason
@@ -161,5 +168,7 @@ def prepare_sweep(cfg: DictConfig) -> SweepPlan:
     if not locations.is_journal:
         open_optuna_storage(locations)  # reach the database now, not after the MLflow run exists
     check_same_space(locations, cfg)
+    if prewarm is not None:
+        prewarm.install()
     client = init_mlflow(locations)  # last check, and the SQLite migrations: before the study is created
     return SweepPlan(cfg, space, data, locations, client)
