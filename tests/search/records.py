@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import optuna
 from mlflow.tracking import MlflowClient
 
-from convsweep.dashboards.leaderboard import trial_reason
+from convsweep.dashboards.leaderboard import ranked_trials, trial_reason
 from convsweep.search import run_records as rr
 from convsweep.search.storage import Locations, StorageError
 from convsweep.search.studies import ensure_study_exists
@@ -32,13 +32,23 @@ def start_sweep(args: Sequence[str], log: Path, cwd: Path) -> subprocess.Popen:
 
 def wait_for_epoch(proc: subprocess.Popen, log: Path, loc: Locations, study_name: str,
                    which: Callable[[optuna.trial.FrozenTrial], bool] = lambda t: True) -> optuna.trial.FrozenTrial:
+    """`wait_for_trial_epoch` while the sweep process `proc` runs (its output `log` explains an early end)."""
+
+    def alive() -> None:
+        assert proc.poll() is None, f"the sweep ended early ({proc.returncode}):\n{log.read_text()[-3000:]}"
+
+    return wait_for_trial_epoch(loc, study_name, which, alive)
+
+
+def wait_for_trial_epoch(loc: Locations, study_name: str, which: Callable[[optuna.trial.FrozenTrial], bool],
+                         check: Callable[[], None] = lambda: None) -> optuna.trial.FrozenTrial:
     """Block until a RUNNING trial (one `which` accepts) has logged an epoch to its MLflow run: the event a kill
     waits for, so the kill lands mid-trial. The MLflow store is read only once the study has a trial (its
-    migrations are done by then)."""
+    migrations are done by then). `check()` runs on every poll, e.g. to fail when the sweep died."""
     deadline, client = time.monotonic() + EVENT_TIMEOUT_S, None
     while True:
-        assert proc.poll() is None, f"the sweep ended early ({proc.returncode}):\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"no epoch logged in {EVENT_TIMEOUT_S} s:\n{log.read_text()[-3000:]}"
+        check()
+        assert time.monotonic() < deadline, f"no epoch logged in {EVENT_TIMEOUT_S} s"
         try:
             trials = ensure_study_exists(loc, study_name).get_trials(deepcopy=False, states=(TS.RUNNING,))
         except StorageError:  # the study is not created yet
@@ -86,4 +96,9 @@ def check_true_record(loc: Locations, study_name: str, experiment_name: str | No
         assert run.info.status == ("KILLED" if interrupted else rr.MLFLOW_STATUS[t.state.name]), (t.number, run.info.status)
         if t.state != TS.COMPLETE:
             assert run.data.tags[rr.REASON] == trial_reason(t)
+    best = ranked_trials(ensure_study_exists(loc, study_name), 1)
+    if best:  # the parent's best.* tags say what the study says, whichever worker wrote them last
+        tags = parent_run(client, experiment_name or study_name).data.tags
+        assert tags["best.run_id"] == best[0].user_attrs["mlflow_run_id"]
+        assert tags["best.trial_number"] == str(best[0].number)
     return trials

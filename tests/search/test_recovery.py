@@ -8,16 +8,19 @@ stores (a trial's MLflow run has logged an epoch), then kill or signal it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 from rich.console import Console
 
 from convsweep.dashboards.leaderboard import WORKER_LOST, trial_reason
@@ -30,9 +33,11 @@ from convsweep.search.run_records import INTERRUPTED
 from convsweep.search.storage import init_mlflow, open_optuna_storage, resolve_locations
 from convsweep.search.studies import ensure_study_exists
 from convsweep.search.sweep import run_sweep
+from convsweep.search import workers
 from convsweep.search.workers import Budget
 from tests.search.conftest import tiny_overrides
-from tests.search.records import EVENT_TIMEOUT_S, check_true_record, parent_run, start_sweep, wait_for_epoch
+from tests.search.records import (EVENT_TIMEOUT_S, check_true_record, parent_run, start_sweep, wait_for_epoch,
+                                  wait_for_trial_epoch)
 
 TS = optuna.trial.TrialState
 ENDLESS = "trainer.max_epochs=100000"  # a trial that only a kill or a signal ends
@@ -238,36 +243,42 @@ def test_sigterm_stops_the_workers_ends_their_trials_interrupted_and_exits_130(t
 
 
 @pytest.mark.slow
-def test_a_crashed_worker_fails_the_sweep_and_its_trial_is_given_back(tmp_path: Path) -> None:
-    log, run_dir = tmp_path / "sweep.log", tmp_path / "runs"
-    proc = start_sweep(tiny_overrides(run_dir, "crash", "search.n_trials=3", "search.n_workers=2", "pruner=none",
-                                      "trainer.max_epochs=3"), log, tmp_path)
-    worker = _spawned_worker(proc)
-    os.kill(worker, signal.SIGKILL)  # before or during its first trial: either way the sweep must say so
+def test_a_worker_killed_mid_trial_is_ended_at_once_given_back_and_fails_the_sweep(
+        tiny_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny_cfg("search.n_workers=2", "search.n_trials=3", "pruner=none", ENDLESS, study="crash")
+    loc = resolve_locations(cfg.tracking)
+    killed: list[optuna.trial.FrozenTrial] = []
+    make_objective = workers.make_objective
 
-    assert proc.wait(timeout=EVENT_TIMEOUT_S) == 1, log.read_text()[-3000:]
-    loc = resolve_locations({"run_dir": str(run_dir)})
+    def main_process_objective(plan: Any) -> Callable[[optuna.Trial], Any]:
+        """In the sweep's main process only: short trials, and before the first one, SIGKILL the spawned
+        worker mid-trial (its trials are endless) and wait until the sweep has ended that trial."""
+        objective = make_objective(dataclasses.replace(plan, cfg=OmegaConf.merge(plan.cfg, {"trainer": {"max_epochs": 2}})))
+
+        def run(trial: optuna.Trial) -> Any:
+            if not killed:
+                lost = wait_for_trial_epoch(loc, "crash", lambda t: t.user_attrs[LEASE]["pid"] != os.getpid())
+                os.kill(lost.user_attrs[LEASE]["pid"], signal.SIGKILL)
+                killed.append(lost)
+                deadline = time.monotonic() + EVENT_TIMEOUT_S
+                while trial.study.trials[lost.number].state == TS.RUNNING:  # the event: the sweep's watcher ends it
+                    assert time.monotonic() < deadline, "the dead worker's trial was not ended"
+                    time.sleep(0.2)
+            return objective(trial)
+
+        return run
+
+    monkeypatch.setattr(workers, "make_objective", main_process_objective)  # spawned workers import afresh
+
+    summary = run_sweep(prepare_sweep(cfg), Console(quiet=True))
+
+    (lost,) = killed
     trials = check_true_record(loc, "crash")
-    assert len([t for t in trials if trial_reason(t) != WORKER_LOST]) == 3  # exact budget: a lost trial is given back
+    assert trials[lost.number].state == TS.FAIL and trial_reason(trials[lost.number]) == WORKER_LOST
+    counted = [t for t in trials if t.number != lost.number]
+    assert len(counted) == 3 and {t.state for t in counted} == {TS.COMPLETE}  # exact budget: the lost one was given back
+    assert summary.status == "FAILED" and summary.crashed == [(lost.user_attrs[LEASE]["pid"], -9)]
     assert parent_run(MlflowClient(loc.mlflow_uri), "crash").info.status == "FAILED"
-    assert f"worker process {worker} crashed (exit code -9)" in log.read_text()
-
-
-def _spawned_worker(proc: subprocess.Popen) -> int:
-    """The pid of the sweep's spawned worker process, once it exists."""
-    deadline = time.monotonic() + EVENT_TIMEOUT_S
-    while time.monotonic() < deadline:
-        assert proc.poll() is None
-        for entry in Path("/proc").iterdir():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                cmdline = (entry / "cmdline").read_bytes()
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == proc.pid and b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
-                return int(entry.name)
-        time.sleep(0.2)
-    raise AssertionError("no worker process was spawned")
 
 
 @pytest.mark.slow
