@@ -62,6 +62,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     Exit codes: 0 when a trial of this invocation completed (or none failed), 1 when a worker
     process crashed or every trial failed, 2 for a user error, 130 when interrupted (Ctrl-C, SIGTERM).
     """
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's SIGTERM is Ctrl-C here too: exit 130
     cfg = _compose(args)  # config errors surface before the heavy imports below
     from convsweep.search import store_prewarm
     from convsweep.search.storage import resolve_locations
