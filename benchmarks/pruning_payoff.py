@@ -16,9 +16,10 @@ budget (mean over seeds) and the share of the budget hyperband needed to reach t
 arm's best (per seed, paired by seed; and on the mean curves), then draws the curves to
 benchmarks/out/pruning_payoff.png with the raw traces in benchmarks/out/pruning_payoff.json.
 
-Trailing arguments are Hydra overrides applied to every arm (e.g. pruner.reduction_factor=2;
-a later `pruner=...` replaces the arm's pruner everywhere, so change one pruner's settings with
-its keys). Trials train --max-epochs epochs of at most --limit-train-batches optimizer steps.
+Trailing arguments are Hydra overrides for every arm (e.g. search_space=wide); --hyperband adds
+overrides to the hyperband arm only (e.g. --hyperband pruner.min_resource=2). Trials train
+--max-epochs epochs of at most --limit-train-batches optimizer steps. Each study runs in a worker
+process, replaced (and the study retried once) if it crashes.
 """
 
 from __future__ import annotations
@@ -72,11 +73,15 @@ class Trace:
         return next((e for e, b in zip(self.epochs, self.best) if b is not None and b >= target), None)
 
 
-def run_study(dataset: str, arm: str, seed: int, budget: int, overrides: list[str], run_dir: Path) -> Trace:
-    """One arm's sweep on one dataset and seed, stopped once its trials trained `budget` epochs."""
+def run_study(dataset: str, arm: str, seed: int, budget: int, overrides: list[str], run_dir: Path, attempt: int = 1) -> Trace:
+    """One arm's sweep on one dataset and seed, stopped once its trials trained `budget` epochs.
+
+    `overrides` come after the arm's own sampler and pruner choice; a retry (`attempt` 2) starts
+    a new study rather than resuming the crashed one (whose sampler seed would then differ).
+    """
     faulthandler.enable()  # a crash inside torch still shows where it happened
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    cfg = compose_config([f"dataset={dataset}", *ARMS[arm], f"search.seed={seed}", f"search.study_name={dataset}-{arm}-s{seed}",
+    cfg = compose_config([f"dataset={dataset}", *ARMS[arm], f"search.seed={seed}", f"search.study_name={dataset}-{arm}-s{seed}-a{attempt}",
                           "search.log_models=none", f"tracking.run_dir={run_dir}", *overrides])
     plan = prepare_sweep(cfg)
     study = open_study(plan)
@@ -103,17 +108,29 @@ def run_study(dataset: str, arm: str, seed: int, budget: int, overrides: list[st
     return trace
 
 
-def run_isolated(dataset: str, arm: str, seed: int, budget: int, overrides: list[str], run_dir: Path) -> Trace | None:
-    """`run_study` in a fresh process: every arm starts alike (no caches or allocator state from another
-    study), and a crash inside torch ends that study only (reported, counted as missing)."""
-    for attempt in (1, 2):
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+class StudyRunner:
+    """Runs each study in a worker process, so that a crash inside torch ends one study, not the benchmark:
+    the worker is replaced and the study tried once more; a second crash leaves it out (reported)."""
+
+    def __init__(self) -> None:
+        self.pool = self._new_pool()
+
+    @staticmethod
+    def _new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+    def run(self, dataset: str, arm: str, seed: int, budget: int, overrides: list[str], run_dir: Path) -> Trace | None:
+        for attempt in (1, 2):
             try:
-                return pool.submit(run_study, dataset, arm, seed, budget, overrides, run_dir).result()
+                return self.pool.submit(run_study, dataset, arm, seed, budget, overrides, run_dir, attempt).result()
             except BrokenProcessPool:
-                print(f"  {dataset:<7} {arm:<14} seed {seed}: the process crashed (attempt {attempt}; "
+                print(f"  {dataset:<7} {arm:<14} seed {seed}: the worker process crashed (attempt {attempt}; "
                       "its stack is above)", flush=True)
-    return None
+                self.pool = self._new_pool()
+        return None
+
+    def close(self) -> None:
+        self.pool.shutdown()
 
 
 def _mean_curve(traces: list[Trace], grid: list[int]) -> list[float | None]:
@@ -146,19 +163,23 @@ def summarize(traces: list[Trace], budget: int) -> dict[str, dict]:
             row[arm] = {"best_mean": mean, "best_per_seed": finals, "trials": trials, "pruned": pruned, "wall_s": wall,
                         "mean_curve": _mean_curve(ts, grid)}
         if BASELINE in by_arm and PRUNED_ARM in by_arm:
-            shares = []
+            shares, own = [], []
             pruned_by_seed = {t.seed: t for t in by_arm[PRUNED_ARM]}
             for base in (b for b in by_arm[BASELINE] if b.seed in pruned_by_seed):  # paired by seed
                 target = base.best_at(budget)
                 reached = pruned_by_seed[base.seed].epochs_to_reach(target) if target is not None else None
                 shares.append(None if reached is None or reached > budget else reached / budget)
+                own.append(None if target is None else base.epochs_to_reach(target) / budget)
             target = row[BASELINE]["mean_curve"][-1]
             curve = row[PRUNED_ARM]["mean_curve"]
             on_mean = next((e / budget for e, v in zip(grid, curve) if v is not None and target is not None and v >= target), None)
-            text = " ".join("never" if s is None else f"{s:.0%}" for s in shares)
-            print(f"  {PRUNED_ARM} reaches {BASELINE}'s best at: {text} of the budget (per seed); "
-                  f"{'never' if on_mean is None else f'{on_mean:.0%}'} on the mean curves (target <= 50%)")
-            row["share_to_match"] = {"per_seed": shares, "mean_curves": on_mean}
+            def pct(values: list[float | None]) -> str:
+                return " ".join("never" if v is None else f"{v:.0%}" for v in values)
+
+            print(f"  {PRUNED_ARM} reaches {BASELINE}'s best at: {pct(shares)} of the budget (per seed); "
+                  f"{'never' if on_mean is None else f'{on_mean:.0%}'} on the mean curves (target <= 50%); "
+                  f"{BASELINE} itself first reached it at {pct(own)}")
+            row["share_to_match"] = {"per_seed": shares, "mean_curves": on_mean, "baseline_own": own}
         out[dataset] = row
     return out
 
@@ -195,6 +216,7 @@ def main() -> None:
     p.add_argument("--epoch-budget", type=int, default=40, help="training epochs per study, all trials together")
     p.add_argument("--max-epochs", type=int, default=4, help="trainer.max_epochs: epochs of a trial that is not pruned")
     p.add_argument("--limit-train-batches", type=int, default=10, help="optimizer steps per epoch (0 = the whole split)")
+    p.add_argument("--hyperband", nargs="*", default=[], metavar="OVERRIDE", help="overrides for the hyperband arm only")
     p.add_argument("--out", type=Path, default=OUT, help="folder for pruning_payoff.png and .json")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every arm")
     args = p.parse_args()
@@ -203,17 +225,20 @@ def main() -> None:
                  f"trainer.limit_train_batches={args.limit_train_batches or 'null'}", *args.overrides]
     traces: list[Trace] = []
     start = time.perf_counter()
+    runner = StudyRunner()
     with tempfile.TemporaryDirectory(prefix="pruning-payoff-") as tmp:
         for seed in args.seeds:  # seeds outermost: a load spike on the shared cores hits every arm alike
             for dataset in args.datasets:
                 for arm in args.arms:
-                    trace = run_isolated(dataset, arm, seed, args.epoch_budget, overrides, Path(tmp))
+                    extra = args.hyperband if arm == PRUNED_ARM else []
+                    trace = runner.run(dataset, arm, seed, args.epoch_budget, [*overrides, *extra], Path(tmp))
                     if trace is None:
                         continue
                     traces.append(trace)
                     print(f"  {dataset:<7} {arm:<14} seed {seed}: best {trace.best_at(args.epoch_budget)} in "
                           f"{len(trace.states)} trials ({trace.states.count('PRUNED')} pruned), {trace.wall_s:.0f} s",
                           flush=True)
+    runner.close()
     print(f"\ntotal wall time {time.perf_counter() - start:.0f} s; machine: {_common.machine()}")
     summary = summarize(traces, args.epoch_budget)
     args.out.mkdir(parents=True, exist_ok=True)
