@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from convsweep.errors import ConvsweepError
 from convsweep.lightning_modules.data import ImageData, load_dataset
 from convsweep.search.allowlist import safe_instantiate
+from convsweep.search.baselines import check_baselines
 from convsweep.search.samplers import make_sampler
 from convsweep.search.space import SearchSpace, parse_space
 from convsweep.search.storage import Locations, init_mlflow, open_optuna_storage, resolve_locations
@@ -164,6 +165,7 @@ def prepare_sweep(cfg: DictConfig, prewarm: StorePrewarm | None = None) -> Sweep
     make_sampler(cfg, space)
     safe_instantiate(cfg.pruner)
     data = load_dataset(cfg.dataset)
+    check_baselines(cfg, space, data.input_shape, data.num_classes)
     locations = resolve_locations(cfg.tracking)
     if not locations.is_journal:
         open_optuna_storage(locations)  # reach the database now, not after the MLflow run exists

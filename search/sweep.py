@@ -20,6 +20,7 @@ import optuna
 from rich.console import Console
 from rich.live import Live
 
+from convsweep.search.baselines import enqueue_baselines
 from convsweep.search.live_view import Poller, SweepProgress
 from convsweep.search.parent_run import open_sweep_run, record_best
 from convsweep.search.preflight import SweepPlan
@@ -62,6 +63,9 @@ def run_sweep(plan: SweepPlan, console: Console | None = None) -> SweepSummary:
                               + (" (their params are enqueued again)" if cfg.search.retry_lost else ""))
             if resumed:
                 console.print(f"resuming study [bold]{study.study_name}[/] ({first} earlier trials)")
+            baselines = enqueue_baselines(study, plan.space, cfg)
+            if baselines:
+                console.print(f"first trials: {', '.join(baselines)} (search.enqueue)")
             n_trials = int(cfg.search.n_trials)
             budget = Budget(n_trials)
             deadline = time.time() + float(cfg.search.timeout) if cfg.search.timeout else None
