@@ -135,3 +135,56 @@ def test_grid_needs_finite_values_at_every_depth() -> None:
         shipped_space("default", "search_space.head.dropout=0.1").check_finite()
     shipped_space("default", "search_space.head.dropout=0.1", "search_space.optim.lr=0.01",
                   "search_space.optim.weight_decay=0.0").check_finite()  # depth 1..3 stays a range: the grid walks it
+
+
+# --- block vocabulary, stem, per-optimizer lr, and the inverse mapping (params_for) -------------
+
+
+def test_default_trials_name_convs_and_residual_per_block() -> None:
+    for t in sample_many(shipped_space()):
+        for i in range(1, t.params["depth"] + 1):
+            assert t.params[f"block{i}.convs"] in (1, 2) and t.params[f"block{i}.residual"] in (False, True)
+        assert "block1.bottleneck" not in t.params and "block1.separable" not in t.params  # fixed: none, plain
+        assert ("stem.kernel_size" in t.params) is False  # fixed at 3 when there is a stem
+
+
+def test_conditional_choices_are_asked_only_where_they_change_the_net() -> None:
+    space = shipped_space("wide")
+    for t in sample_many(space, 60):
+        assert ("stem.kernel_size" in t.params) == (t.params["stem.filters"] > 0)
+        for i in range(1, t.params["depth"] + 1):
+            kxk = t.params[f"block{i}.kernel_size"] > 1
+            assert (f"block{i}.bottleneck" in t.params) == kxk and (f"block{i}.separable" in t.params) == kxk
+        optimizer = t.params["optim.optimizer"]
+        assert [k for k in t.params if k.endswith(".lr")] == [f"optim.{optimizer}.lr"]
+        assert (t.params[f"optim.{optimizer}.lr"] >= 1e-2) == (optimizer == "sgd")
+
+
+def test_a_space_file_without_the_new_keys_samples_todays_network() -> None:
+    old = {"depth": 2, "widths": {"filters": 8}, "block": {"kernel_size": {"type": "categorical", "choices": [3, 5]}},
+           "optim": {"lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}}}
+    trial = optuna.create_study().ask()
+    arch, _ = parse_space(old, "old.yaml").sample(trial)
+    assert sorted(trial.params) == ["block1.kernel_size", "block2.kernel_size", "optim.lr"]
+    assert arch.stem.filters == 0
+    assert all((b.convs, b.residual, b.bottleneck, b.separable) == (1, False, 0, False) for b in arch.blocks)
+
+
+@pytest.mark.parametrize("name", ["default", "pyramid", "wide"])
+def test_params_for_inverts_sample(name: str) -> None:
+    space = shipped_space(name)
+    for t in sample_many(space, 30, seed=5):
+        arch, optim = space.sample(optuna.trial.FixedTrial(t.params))
+        assert space.params_for(arch, optim) == t.params
+
+
+@pytest.mark.parametrize(("lr", "message"), [
+    ({"adamw": {"type": "float", "low": 1e-3, "high": 1e-2}}, "optim.lr has no range for optimizer sgd"),
+    ({"adamw": 0.01, "sgdd": 0.1}, "optim.lr.sgdd: optim.lr is a parameter with a type, or one per optimizer"),
+    ({"adamw": 0.01, "sgd": -1.0}, "optim.lr.sgd: -1.0 is not valid"),
+])
+def test_per_optimizer_lr_is_validated(lr: dict, message: str) -> None:
+    raw = {"depth": 1, "widths": {"filters": 8},
+           "optim": {"optimizer": {"type": "categorical", "choices": ["adamw", "sgd"]}, "lr": lr}}
+    with pytest.raises(SearchSpaceError, match=re.escape(message)):
+        parse_space(raw, "space.yaml")
