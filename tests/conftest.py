@@ -66,6 +66,18 @@ def mlflow_client(migrated_mlflow_db: Path, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture
+def pg_url() -> str:
+    """The PostgreSQL server's URL in CONVSWEEP_TEST_PG (.ci/run starts the server and sets it); a test that
+    needs it is skipped where it is unset, except in CI, where that fails it."""
+    url = os.environ.get("CONVSWEEP_TEST_PG")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CONVSWEEP_TEST_PG is unset in CI: .ci/run should start PostgreSQL and export it")
+        pytest.skip("set CONVSWEEP_TEST_PG=postgresql://user:pass@127.0.0.1/db to run")
+    return url
+
+
+@pytest.fixture
 def free_port() -> Callable[[], int]:
     """`free_port()`: a port on 127.0.0.1 that nothing listens on now."""
 

@@ -82,12 +82,8 @@ def test_two_local_workers_share_the_journal_study(tiny_cfg) -> None:
 @pytest.mark.postgres
 @pytest.mark.slow
 @pytest.mark.usefixtures("every_worker_runs_a_trial")
-def test_workers_share_a_postgres_study_and_the_password_is_masked(tiny_cfg, tmp_path: Path) -> None:
-    url = os.environ.get("CONVSWEEP_TEST_PG")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("CONVSWEEP_TEST_PG is unset in CI: .ci/run should start PostgreSQL and export it")
-        pytest.skip("set CONVSWEEP_TEST_PG=postgresql://user:pass@127.0.0.1/db to run")
+def test_workers_share_a_postgres_study_and_the_password_is_masked(tiny_cfg, tmp_path: Path, pg_url: str) -> None:
+    url = pg_url
     study_name = f"pg-{os.getpid()}"
     cfg = tiny_cfg("search.n_workers=2", "search.n_trials=3", "pruner=none", f"tracking.optuna_storage={url}",
                    study=study_name)
