@@ -20,8 +20,8 @@ from rich.console import Console
 
 from convsweep.dashboards.leaderboard import WORKER_LOST, trial_reason
 from convsweep.search import run_records as rr
-from convsweep.search.run_records import INTERRUPTED
 from convsweep.search.lease import LEASE, owner_gone, this_host
+from convsweep.search.run_records import INTERRUPTED
 
 TrialState = optuna.trial.TrialState
 
@@ -39,7 +39,7 @@ def _after_end(client: Any, study: optuna.Study, trial: optuna.trial.FrozenTrial
                retry: bool) -> None:
     """The MLflow side of a trial ended from outside its worker, and the retry."""
     if run_id:
-        rr.finish_run(client, run_id, "FAIL", tags={rr.REASON: reason}, status="KILLED" if reason == INTERRUPTED else None)
+        rr.finish_run(client, run_id, "FAIL", tags={rr.REASON: reason})
     if retry and trial.params:
         study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
 
@@ -96,8 +96,7 @@ def close_orphan_runs(study: optuna.Study, client: Any, experiment_id: str | Non
         trial = trials.get(int(number)) if number is not None else None
         if trial is not None and trial.state.is_finished():
             reason = trial_reason(trial)
-            rr.finish_run(client, run.info.run_id, trial.state.name, tags={rr.REASON: reason} if reason else None,
-                          status="KILLED" if reason == INTERRUPTED else None)
+            rr.finish_run(client, run.info.run_id, trial.state.name, tags={rr.REASON: reason} if reason else None)
 
 
 def recover(study: optuna.Study, client: Any, experiment_id: str | None, *, grace_period: float, retry: bool,
