@@ -63,12 +63,13 @@ def start_child_run(client: Any, experiment_id: str, parent_id: str | None, name
 
 
 def finish_run(client: Any, run_id: str, state: str, metrics: Mapping[str, float] | None = None,
-               tags: Mapping[str, Any] | None = None, status: str | None = None) -> None:
-    """Final metrics and tags, then the MLflow status that matches the Optuna state (or `status`, e.g.
-    KILLED for an interrupted trial, which Optuna records as FAIL)."""
+               tags: Mapping[str, Any] | None = None) -> None:
+    """Final metrics and tags, then the MLflow status that matches the Optuna state; KILLED for a run whose
+    reason is `interrupted` (Optuna records that trial as FAIL)."""
+    tags = {STATE: state, **(tags or {})}
     with deferred():
-        log_batch(client, run_id, metrics=metrics, tags={STATE: state, **(tags or {})})
-        client.set_terminated(run_id, status=status or MLFLOW_STATUS.get(state, "FINISHED"))
+        log_batch(client, run_id, metrics=metrics, tags=tags)
+        client.set_terminated(run_id, status="KILLED" if tags.get(REASON) == INTERRUPTED else MLFLOW_STATUS.get(state, "FINISHED"))
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -78,8 +79,7 @@ def failure_reason(exc: BaseException) -> str:
 
 def end_failed(client: Any, run_id: str, exc: BaseException, metrics: Mapping[str, float] | None = None) -> None:
     """End a run that an exception ended: FAIL with the reason; MLflow KILLED when interrupted, else FAILED."""
-    finish_run(client, run_id, "FAIL", metrics, {REASON: failure_reason(exc)},
-               status="KILLED" if isinstance(exc, KeyboardInterrupt) else None)
+    finish_run(client, run_id, "FAIL", metrics, {REASON: failure_reason(exc)})
 
 
 def epoch_logger(client: Any, run_id: str):  # noqa: ANN201 - returns a listener for EpochHistory
