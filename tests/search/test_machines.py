@@ -38,23 +38,18 @@ def in_schema(url: str, schema: str) -> str:
 
 
 @pytest.fixture
-def pg_schemas() -> Iterator[tuple[str, str]]:
+def pg_schemas(pg_url: str) -> Iterator[tuple[str, str]]:
     """(Optuna storage URL, MLflow backend URL), each in a schema of its own."""
-    url = os.environ.get("CONVSWEEP_TEST_PG")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("CONVSWEEP_TEST_PG is unset in CI: .ci/run should start PostgreSQL and export it")
-        pytest.skip("set CONVSWEEP_TEST_PG=postgresql://user:pass@127.0.0.1/db to run")
     import sqlalchemy as sa
 
     base = f"convsweep_{uuid.uuid4().hex[:10]}"
     schemas = (f"{base}_optuna", f"{base}_mlflow")
-    engine = sa.create_engine(url)
+    engine = sa.create_engine(pg_url)
     with engine.begin() as conn:
         for schema in schemas:
             conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
     try:
-        yield in_schema(url, schemas[0]), in_schema(url, schemas[1])
+        yield in_schema(pg_url, schemas[0]), in_schema(pg_url, schemas[1])
     finally:
         with engine.begin() as conn:
             for schema in schemas:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,13 +52,16 @@ def dead_pid() -> int:
 
 
 class Stores:
-    """A study and an MLflow experiment, with trials left RUNNING as a killed worker leaves them."""
+    """A study and an MLflow store (a copy of the session's migrated one), with trials left RUNNING as a killed
+    worker leaves them."""
 
-    def __init__(self, mlflow_dir: Path, run_dir: Path, optuna_url: str | None = None, **storage_kwargs: object) -> None:
-        self.loc = resolve_locations({"run_dir": str(run_dir), "optuna_storage": optuna_url,
-                                      "mlflow_uri": f"sqlite:///{mlflow_dir / 'mlflow.db'}"})
+    def __init__(self, migrated_mlflow_db: Path, run_dir: Path, optuna_url: str | None = None,
+                 **storage_kwargs: object) -> None:
+        run_dir.mkdir(parents=True)
+        shutil.copy(migrated_mlflow_db, run_dir / "mlflow.db")
+        self.loc = resolve_locations({"run_dir": str(run_dir), "optuna_storage": optuna_url})
         self.client = init_mlflow(self.loc)
-        self.exp = self.client.create_experiment(run_dir.parent.name)  # one per test
+        self.exp = self.client.create_experiment("s")
         self.study = optuna.create_study(study_name="s", direction="maximize", storage=open_optuna_storage(
             self.loc, stale_trial_callback=lost_trial_callback(self.client, lambda: self.exp, retry=True),
             **storage_kwargs))  # type: ignore[arg-type]
@@ -78,14 +82,8 @@ class Stores:
         return run
 
 
-@pytest.fixture(scope="module")
-def mlflow_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One MLflow store for the fast tests: its migrations run once (seconds), each test has its own experiment."""
-    return tmp_path_factory.mktemp("mlflow")
-
-
-def test_recover_ends_trials_whose_owner_is_gone_and_only_those(tmp_path: Path, mlflow_dir: Path) -> None:
-    s = Stores(mlflow_dir, tmp_path / "runs")
+def test_recover_ends_trials_whose_owner_is_gone_and_only_those(tmp_path: Path, migrated_mlflow_db: Path) -> None:
+    s = Stores(migrated_mlflow_db, tmp_path / "runs")
     now = time.time()
     dead = s.running({"host": this_host(), "pid": dead_pid(), "heartbeat": now})
     stale = s.running({"host": "elsewhere", "pid": 1, "heartbeat": now - 1000})
@@ -114,8 +112,8 @@ def test_recover_ends_trials_whose_owner_is_gone_and_only_those(tmp_path: Path, 
     assert lost_trials_of(s.study, os.getpid()) == 0
 
 
-def test_an_interrupted_sweeps_own_trials_end_interrupted_and_killed_not_retried(tmp_path: Path, mlflow_dir: Path) -> None:
-    s = Stores(mlflow_dir, tmp_path / "runs")
+def test_an_interrupted_sweeps_own_trials_end_interrupted_and_killed_not_retried(tmp_path: Path, migrated_mlflow_db: Path) -> None:
+    s = Stores(migrated_mlflow_db, tmp_path / "runs")
     mine = s.running({"host": this_host(), "pid": os.getpid(), "heartbeat": time.time()})
 
     recover(s.study, s.client, s.exp, grace_period=180, retry=True, journal=True, ended_pids={os.getpid()},
@@ -127,8 +125,8 @@ def test_an_interrupted_sweeps_own_trials_end_interrupted_and_killed_not_retried
     assert s.study.get_trials(states=(TS.WAITING,)) == []
 
 
-def test_a_run_left_running_by_a_trial_that_ended_elsewhere_is_closed_with_its_state(tmp_path: Path, mlflow_dir: Path) -> None:
-    s = Stores(mlflow_dir, tmp_path / "runs")
+def test_a_run_left_running_by_a_trial_that_ended_elsewhere_is_closed_with_its_state(tmp_path: Path, migrated_mlflow_db: Path) -> None:
+    s = Stores(migrated_mlflow_db, tmp_path / "runs")
     t = s.running({"host": "elsewhere", "pid": 1, "heartbeat": time.time()})
     s.study.tell(t.number, state=TS.FAIL)  # e.g. failed by Optuna's heartbeat in a process without the callback
 
@@ -140,8 +138,8 @@ def test_a_run_left_running_by_a_trial_that_ended_elsewhere_is_closed_with_its_s
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
-def test_rdb_heartbeat_fails_a_silent_trial_and_the_callback_ends_its_run(tmp_path: Path, mlflow_dir: Path) -> None:
-    s = Stores(mlflow_dir, tmp_path / "runs", f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1, grace_period=1)
+def test_rdb_heartbeat_fails_a_silent_trial_and_the_callback_ends_its_run(tmp_path: Path, migrated_mlflow_db: Path) -> None:
+    s = Stores(migrated_mlflow_db, tmp_path / "runs", f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1, grace_period=1)
     t = s.running({"host": "elsewhere", "pid": 1, "heartbeat": time.time()})
     s.study._storage.record_heartbeat(t._trial_id)  # one beat, then silence, as from a lost machine
     deadline = time.monotonic() + 60
@@ -158,8 +156,8 @@ def test_rdb_heartbeat_fails_a_silent_trial_and_the_callback_ends_its_run(tmp_pa
     assert [w.system_attrs["fixed_params"] for w in s.study.get_trials(states=(TS.WAITING,))] == [trial.params]  # retried
 
 
-def test_the_lease_beats_while_held_and_stops_with_the_trial(tmp_path: Path, mlflow_dir: Path) -> None:
-    s = Stores(mlflow_dir, tmp_path / "runs")
+def test_the_lease_beats_while_held_and_stops_with_the_trial(tmp_path: Path, migrated_mlflow_db: Path) -> None:
+    s = Stores(migrated_mlflow_db, tmp_path / "runs")
     trial = s.study.ask()
     with Lease(trial, interval=0.05):
         first = s.study.trials[trial.number].user_attrs[LEASE]
