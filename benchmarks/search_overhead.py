@@ -1,4 +1,4 @@
-"""python benchmarks/search_overhead.py [--sizes 100 1000] [--measure 10] [--compare OVERRIDES ...] [overrides]
+"""python benchmarks/search_overhead.py [--sizes 100 1000] [--measure 10] [--compare OVERRIDES ...] [--window RECENT BEST ...] [overrides]
 
 Claim: the sampler and the study storage together cost at most 60 ms per trial with 1,000
 finished trials in the study. One trial's search work is what the sweep does around
@@ -8,7 +8,9 @@ pruner are the configured ones (conf/sampler/tpe.yaml: multivariate, group, cons
 conf/pruner/median.yaml), on the default storage (a JournalStorage file) and, side by side,
 on in-memory storage. Training is replaced by a synthetic learning curve, so only search
 time is measured. `--compare '+sampler.n_ei_candidates=8'` adds a variant with other
-sampler settings (Hydra overrides) on its own journal file holding the same trials. For
+sampler settings (Hydra overrides) on its own journal file holding the same trials;
+`--window 200 20` adds the configured TPE fitted on the latest 200 plus the best 20 trials
+only (a prototype, `WindowedTPE`, to measure what windowing the history would save). For
 scale, one small trial (the default config) is trained and timed too.
 
 The studies are filled with random-sampler trials (same space, same synthetic curves,
@@ -72,6 +74,52 @@ def search_trial(study: optuna.Study, space: SearchSpace, epochs: int, rng: rand
             phases[name].append(b - a)
 
 
+class WindowedView:
+    """A study as TPE's estimators see it in the `--window` variant: the best trials plus the latest ones.
+
+    TPE refits its Parzen estimators on every finished trial for every suggestion, so its cost
+    grows with the study. This measures what a window would save; it is a prototype in the
+    benchmark, not a sampler the sweep uses.
+    """
+
+    def __init__(self, study: optuna.Study, recent: int, best: int) -> None:
+        self._study, self._recent, self._best = study, recent, best
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list:
+        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        if len(trials) <= self._recent + self._best:
+            return trials
+        done = [t for t in trials[:-self._recent] if t.state == optuna.trial.TrialState.COMPLETE]
+        sign = -1 if self._study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
+        best = sorted(done, key=lambda t: sign * t.value)[:self._best]
+        return sorted(best, key=lambda t: t.number) + trials[-self._recent:]
+
+
+class WindowedTPE(optuna.samplers.TPESampler):
+    """TPE whose estimators see `WindowedView`; the search space is still inferred from every trial."""
+
+    def __init__(self, recent: int, best: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._window = (recent, best)
+
+    def sample_relative(self, study: optuna.Study, trial: Any, search_space: Any) -> Any:
+        return super().sample_relative(WindowedView(study, *self._window), trial, search_space)  # type: ignore[arg-type]
+
+    def sample_independent(self, study: optuna.Study, trial: Any, name: str, dist: Any) -> Any:
+        return super().sample_independent(WindowedView(study, *self._window), trial, name, dist)  # type: ignore[arg-type]
+
+
+def windowed_sampler(cfg: Any, recent: int, best: int) -> WindowedTPE:
+    """The configured TPE (conf/sampler/tpe.yaml) with a history window."""
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.sampler, resolve=True).items() if k != "_target_"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return WindowedTPE(recent, best, **kwargs)
+
+
 def make_study(cfg: Any, space: SearchSpace, storage: Any, name: str, sampler: Any = None) -> optuna.Study:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -97,6 +145,8 @@ def main() -> None:
     p.add_argument("--no-trial", action="store_true", help="skip timing a small trial")
     p.add_argument("--compare", action="append", default=[], metavar="OVERRIDES",
                    help="also measure these sampler settings on a journal file, e.g. --compare '+sampler.n_ei_candidates=8'")
+    p.add_argument("--window", type=int, nargs=2, action="append", default=[], metavar=("RECENT", "BEST"),
+                   help="also measure TPE fitted on the latest RECENT trials plus the BEST best ones (journal file)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides applied to every variant")
     args = p.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -116,6 +166,9 @@ def main() -> None:
         for i, extra in enumerate(args.compare, start=1):  # other sampler settings, same trials, same storage kind
             studies[f"journal, {extra}"] = make_study(compose_config([*args.overrides, *extra.split()]), space,
                                                       journal(i), "bench")
+        for j, (recent, best) in enumerate(args.window, start=len(args.compare) + 1):
+            studies[f"journal, TPE window {recent}+{best}"] = make_study(cfg, space, journal(j), "bench",
+                                                                       windowed_sampler(cfg, recent, best))
         results: dict[int, float] = {}
         copied = 0  # filler trials already in both studies (the measured trials come on top)
         for size in sorted(args.sizes):
