@@ -66,7 +66,10 @@ def apply_augment(x: torch.Tensor, draws: torch.Tensor, padding: int, flips: boo
         x = padded.permute(0, 2, 3, 1)[batch_idx, rows, cols].permute(0, 3, 1, 2)  # (B, C, H, W)
     if flips:
         x = torch.where(draws[2, :, None, None, None].bool(), x.flip(3), x)
-    return x.contiguous()
+    # A copy in plain NCHW strides: with one channel the gather's (B*H*W, 1, W, 1) strides pass for
+    # contiguous, convs take oneDNN's channels-last path, and its backward of a strided 1x1 conv (a
+    # residual projection) corrupted the heap (torch 2.14 CPU: sweeps on digits/shapes segfaulted).
+    return x.clone(memory_format=torch.contiguous_format)
 
 
 def augment_batch(x: torch.Tensor, augment: Augment, generator: torch.Generator, strength: float = 1.0) -> torch.Tensor:
