@@ -43,7 +43,7 @@ class StorePrewarm:
             shutil.copyfile(self.workdir / "mlflow.db", staged)  # the temporary directory may be on another file system
             try:
                 os.link(staged, self.target)  # never replaces a store another process created meanwhile
-            except FileExistsError:
+            except OSError:  # one exists now, or the file system has no hard links: init_mlflow opens it as usual
                 return False
             finally:
                 staged.unlink()
