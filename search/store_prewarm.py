@@ -38,15 +38,15 @@ class StorePrewarm:
         try:
             if self._proc.wait() != 0 or self.target.exists():
                 return False
-            self.target.parent.mkdir(parents=True, exist_ok=True)
             staged = self.target.with_name(f".{self.target.name}.{os.getpid()}")
-            shutil.copyfile(self.workdir / "mlflow.db", staged)  # the temporary directory may be on another file system
             try:
+                self.target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.workdir / "mlflow.db", staged)  # the temporary directory may be on another file system
                 os.link(staged, self.target)  # never replaces a store another process created meanwhile
-            except OSError:  # one exists now, or the file system has no hard links: init_mlflow opens it as usual
+            except OSError:  # a store exists now, no hard links, a full disk: init_mlflow opens or reports it as usual
                 return False
             finally:
-                staged.unlink()
+                staged.unlink(missing_ok=True)
             return True
         finally:
             self.discard()
