@@ -70,6 +70,28 @@ def _beaten(study: optuna.Study, values: Sequence[float], n: int) -> bool:
                for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
 
+class PruningCallback(PyTorchLightningPruningCallback):
+    """optuna-integration's pruning callback, except that it never prunes after the last epoch.
+
+    Pruning then saves no training and throws a finished result away: the median pruner does it
+    to every trial below the median at the end, and hyperband's rungs (epochs 2, 4, 10, 28 with
+    min_resource 1 and reduction factor 3) fall on the last epoch of 4-, 10- or 28-epoch trials.
+    The last epoch is still reported, so the pruner sees the whole curve.
+    """
+
+    def __init__(self, trial: optuna.Trial, monitor: str) -> None:
+        super().__init__(trial, monitor)
+        self.trial = trial
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.sanity_checking or trainer.current_epoch < trainer.max_epochs - 1:
+            super().on_validation_end(trainer, pl_module)
+            return
+        score = trainer.callback_metrics.get(self.monitor)
+        if score is not None:
+            self.trial.report(float(score), step=trainer.current_epoch)
+
+
 def record_budgets(trial: optuna.Trial, net_plan: NetworkPlan, search: DictConfig) -> str | None:
     """Record each hard limit (search.max_params, search.max_macs) as an Optuna constraint; say why the net is over.
 
@@ -137,7 +159,7 @@ def make_objective(sweep: SweepPlan):  # noqa: ANN201 - returns the objective ca
         rr.log_batch(client, run_id, metrics=cost)
         history.listeners.append(rr.epoch_logger(client, run_id))
         # Optuna cannot prune a multi-objective trial (Trial.report raises): it trains to the end
-        callbacks = [PyTorchLightningPruningCallback(trial, metric)] if len(objectives) == 1 else []
+        callbacks = [PruningCallback(trial, metric)] if len(objectives) == 1 else []
         try:
             result = train_model(data, arch, optim, cfg.trainer, seed=seed, metric=metric,
                                  direction=str(cfg.search.direction), callbacks=callbacks, history=history)
