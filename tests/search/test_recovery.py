@@ -294,3 +294,32 @@ def test_a_sweep_whose_every_trial_fails_exits_1_and_its_parent_run_failed(tmp_p
     assert all("invalid architecture: block4" in trial_reason(t) for t in trials)
     assert parent_run(MlflowClient(loc.mlflow_uri), "allfail").info.status == "FAILED"
     assert "every trial of this sweep failed" in out.stdout and "invalid architecture: block4" in out.stdout
+
+
+def test_two_machines_that_create_the_parent_run_at_once_both_keep_the_earliest(migrated_mlflow_db: Path,
+                                                                               tmp_path: Path) -> None:
+    from convsweep.search.parent_run import start_parent_run
+
+    s = Stores(migrated_mlflow_db, tmp_path / "runs")
+    first, resumed = start_parent_run(s.client, s.exp, "s", params={}, tags={})
+
+    class LateLooker:
+        """A second machine that looked for the parent run just before the first one made it."""
+
+        def __init__(self, client: MlflowClient) -> None:
+            self.client, self.looked = client, False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.client, name)
+
+        def search_runs(self, *args: Any, **kwargs: Any) -> list:
+            if not self.looked:
+                self.looked = True
+                return []
+            return self.client.search_runs(*args, **kwargs)
+
+    second, adopted = start_parent_run(LateLooker(s.client), s.exp, "s", params={}, tags={})
+
+    assert (resumed, adopted, second) == (False, True, first)
+    parents = s.client.search_runs([s.exp], filter_string=f"tags.`{rr.ROLE}` = 'parent'")
+    assert [r.info.run_id for r in parents] == [first]  # the second machine's own run was deleted
