@@ -82,15 +82,19 @@ def test_a_params_budget_is_a_constraint_and_over_budget_nets_never_train(tiny_c
 
 
 @pytest.mark.slow
-def test_nsga2_runs_a_multi_objective_sweep_inside_a_params_budget(tiny_cfg) -> None:
-    cfg = tiny_cfg(OBJECTIVES, "sampler=nsga2", "search.max_params=3000", "search.n_trials=3", "trainer.max_epochs=1",
-                   study="nsga2")
-    run_sweep(prepare_sweep(cfg), Console(quiet=True))
-    study = ensure_study_exists(resolve_locations(cfg.tracking), "nsga2")
+def test_nsga2_trades_accuracy_size_and_measured_latency_inside_a_params_budget(tiny_cfg) -> None:
+    cfg = tiny_cfg("search.objectives=[val/acc,model/params,model/latency_ms]", "sampler=nsga2", "search.max_params=20000",
+                   "search.n_trials=3", "trainer.max_epochs=1", study="nsga2")
+    summary = run_sweep(prepare_sweep(cfg), Console(quiet=True))
+    loc = resolve_locations(cfg.tracking)
+    study = ensure_study_exists(loc, "nsga2")
+    assert study.metric_names == ["val/acc", "model/params", "model/latency_ms"]
     assert len(study.trials) == 3 and all(t.state in (TS.COMPLETE, TS.PRUNED) for t in study.trials)
+    assert any(t.state == TS.COMPLETE for t in study.trials)
+    client = MlflowClient(loc.mlflow_uri)
+    assert "plots/pareto_front.png" in {a.path for a in client.list_artifacts(summary.parent_run_id, "plots")}  # 3-D
     for t in study.trials:
         params = t.user_attrs.get("params_count")
         if t.state == TS.COMPLETE:  # trained: inside the budget, and its constraint says so
-            assert t.values[1] == params <= 3000 and t.constraints["max_params"] <= 0
-        elif "max_params" in t.constraints:  # refused for its size before training
-            assert t.constraints["max_params"] > 0 and not t.intermediate_values
+            assert t.values[1] == params <= 20000 and t.constraints["max_params"] <= 0
+            assert 0 < t.values[2] == client.get_run(t.user_attrs["mlflow_run_id"]).data.metrics["model/latency_ms"]
