@@ -34,14 +34,17 @@ def log_sweep_views(study: optuna.Study, client: Any, parent_run_id: str, metric
     with tempfile.TemporaryDirectory(prefix="convsweep-views-") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # optuna/matplotlib remarks on small studies; notes.txt has ours
         outcomes = log_study_plots(client, parent_run_id, study, metric, Path(tmp))
-        skipped = [o.name for o in outcomes if o.skipped and not (o.name == "pareto_front" and len(study.directions) == 1)]
+        expected = {"pareto_front"} if len(study.directions) == 1 else set()  # a single objective has no front
+        skipped = [o.name for o in outcomes if o.skipped and o.name not in expected]
         if skipped:
             console.print(f"plots skipped (reasons in plots/notes.txt): {', '.join(skipped)}")
         for trial in ranked_trials(study, top_k) if data is not None else ():
             uri, run_id = trial.user_attrs.get("model_uri"), trial.user_attrs.get("mlflow_run_id")
             if not uri or not run_id:
-                console.print(f"CNN views skipped for trial {trial.number}: no logged model (search.log_models=all logs every one)")
+                console.print(f"CNN views skipped for trial {trial.number}: no logged model "
+                              "(search.log_models=all logs every one)")
                 continue
             folder = Path(tmp) / f"trial-{trial.number}"
-            model = load_logged_net(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder / "model")))
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder / "model"))
+            model = load_logged_net(local)
             log_cnn_views(client, run_id, model, data, folder)
