@@ -88,7 +88,7 @@ class Param:
                 return None
             return f"the space's choices are {', '.join(map(repr, self.choices))}"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"the space's range takes numbers"
+            return "the space's range takes numbers"
         low, high = float(self.low), float(self.high)
         tol = 1e-9 * max(1.0, abs(high))
         if not low - tol <= float(value) <= high + tol:
