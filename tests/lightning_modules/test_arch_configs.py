@@ -47,8 +47,10 @@ def test_every_shipped_arch_is_covered() -> None:
     assert sorted(available("arch")) == sorted(ARCHS)
 
 
-@pytest.mark.parametrize("dataset", list(SMALL))
-@pytest.mark.parametrize("arch", ARCHS)
+# The quick run trains every arch on digits; the other datasets run in the full (slow) selection.
+@pytest.mark.parametrize(("arch", "dataset"), [
+    pytest.param(arch, dataset, marks=() if dataset == "digits" else pytest.mark.slow)
+    for arch in ARCHS for dataset in SMALL])
 def test_arch_trains_a_few_steps(arch: str, dataset: str, dataset_cfg: DatasetCfg,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = compose_config([f"arch={arch}", "trainer.max_epochs=1", "trainer.limit_train_batches=2",

@@ -37,6 +37,7 @@ def all_images(data: ImageData) -> list[bytes]:
 # --- dispatch and the per-process cache ---------------------------------------------------------
 
 
+@pytest.mark.slow  # generates the full shapes set
 def test_same_config_gives_the_same_object(dataset_cfg: DatasetCfg) -> None:
     cfg = dataset_cfg("shapes", n_train=60, n_val=12, n_test=12)
     first = load_dataset(cfg)
@@ -80,6 +81,7 @@ def test_shapes_layout_and_balance(dataset_cfg: DatasetCfg) -> None:
     assert len(data.mean) == len(data.std) == 1 and 0 < data.mean[0] < 1
 
 
+@pytest.mark.slow  # generates the full shapes set
 def test_shapes_are_deterministic_in_the_seed(dataset_cfg: DatasetCfg, tmp_path: Path) -> None:
     small = dict(n_train=60, n_val=12, n_test=12)
     a = load_dataset(dataset_cfg("shapes", root=str(tmp_path / "a"), **small))
