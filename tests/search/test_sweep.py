@@ -139,7 +139,8 @@ def test_the_gp_sampler_proposes_and_successive_halving_prunes(tiny_cfg) -> None
     """One start-up trial of six, so the GP proposes the other five (it records each proposal in the trial's
     system attrs). Successive halving's first rung is epoch 1 (min_resource=1) and, with fewer than six
     trials there, only the best so far is promoted: a trial that is not ends PRUNED after that epoch."""
-    cfg = tiny_cfg("sampler=gp", "sampler.n_startup_trials=1", "pruner=successive_halving", "search.n_trials=6")
+    cfg = tiny_cfg("sampler=gp", "sampler.n_startup_trials=1", "pruner=successive_halving", "search.n_trials=6",
+                   "trainer.max_epochs=3")  # rung 0 at epoch 1 is not the last epoch, so it can prune
     run_sweep(prepare_sweep(cfg), quiet())
     trials = ensure_study_exists(resolve_locations(cfg.tracking), "tiny").trials
     assert len(trials) == 6 and all(t.state in (TS.COMPLETE, TS.PRUNED) for t in trials)
