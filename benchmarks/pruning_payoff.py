@@ -1,4 +1,4 @@
-"""python benchmarks/pruning_payoff.py [--epoch-budget 40] [--seeds 0 1 2] [--datasets shapes digits] [overrides]
+"""python benchmarks/pruning_payoff.py [--epoch-budget 36] [--seeds 0 1 2] [--datasets shapes digits] [overrides]
 
 Claim: with the same total budget of training epochs, TPE + hyperband reaches the best val/acc
 that TPE without pruning reaches with its whole budget using at most 50% of the epochs.
@@ -8,6 +8,8 @@ sweep runs, MLflow included) on each dataset and seed:
   tpe+hyperband   sampler=tpe pruner=hyperband
   tpe             sampler=tpe pruner=none
   random          sampler=random pruner=none
+and, with --arms, tpe+sha (pruner=successive_halving: one bracket, so TPE sees every trial) and
+tpe+median (pruner=median, the sweep's default).
 Each study runs trials until the epochs its trials trained add up to --epoch-budget (a pruned
 trial counts the epochs it trained, an architecture refused before training counts 0). The
 best val/acc of the study's completed trials is traced against the epochs consumed; a trial
@@ -46,8 +48,11 @@ from convsweep.search.studies import open_study
 from convsweep.search.workers import TRIAL_ERRORS
 
 ARMS = {"tpe+hyperband": ["sampler=tpe", "pruner=hyperband"], "tpe": ["sampler=tpe", "pruner=none"],
-        "random": ["sampler=random", "pruner=none"]}
-BASELINE, PRUNED_ARM = "tpe", "tpe+hyperband"
+        "random": ["sampler=random", "pruner=none"],
+        # optional (--arms): successive halving is one bracket (TPE sees every trial); median is the sweep's default
+        "tpe+sha": ["sampler=tpe", "pruner=successive_halving"], "tpe+median": ["sampler=tpe", "pruner=median"]}
+DEFAULT_ARMS = ["tpe+hyperband", "tpe", "random"]
+BASELINE, PRUNED_ARMS = "tpe", ("tpe+hyperband", "tpe+sha", "tpe+median")
 OUT = _common.ROOT / "benchmarks" / "out"
 
 
@@ -62,6 +67,7 @@ class Trace:
     best: list[float | None] = field(default_factory=list)  # best completed val/acc so far (None: none yet)
     states: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    cpu_s: float = 0.0  # this study's process CPU time: the work, without the waits of a loaded machine
 
     def best_at(self, budget: int) -> float | None:
         """The best val/acc of the trials that ended within `budget` epochs."""
@@ -99,12 +105,12 @@ def run_study(dataset: str, arm: str, seed: int, budget: int, overrides: list[st
         if consumed >= budget:
             study.stop()
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         study.optimize(make_objective(plan), catch=TRIAL_ERRORS, callbacks=[account], gc_after_trial=False)
     finally:
         plan.client.set_terminated(plan.parent_run_id)
-    trace.wall_s = time.perf_counter() - start
+    trace.wall_s, trace.cpu_s = time.perf_counter() - start, time.process_time() - cpu
     return trace
 
 
@@ -142,6 +148,11 @@ def _mean_curve(traces: list[Trace], grid: list[int]) -> list[float | None]:
     return out
 
 
+def pct(values: list[float | None]) -> str:
+    """Shares of the budget as percentages; None (never reached) as "never"."""
+    return " ".join("never" if v is None else f"{v:.0%}" for v in values)
+
+
 def summarize(traces: list[Trace], budget: int) -> dict[str, dict]:
     """Per dataset: each arm's best at the budget, and the share of it hyperband needed to match no pruning."""
     grid = list(range(budget + 1))
@@ -150,36 +161,33 @@ def summarize(traces: list[Trace], budget: int) -> dict[str, dict]:
         by_arm = {arm: [t for t in traces if t.dataset == dataset and t.arm == arm] for arm in ARMS}
         by_arm = {arm: ts for arm, ts in by_arm.items() if ts}
         print(f"\n{dataset}: best val/acc within {budget} epochs (mean over seeds; per seed)")
-        print(f"  {'arm':<15} {'mean':>7} {'per seed':<24} {'trials':>7} {'pruned':>7} {'wall s':>7}")
+        print(f"  {'arm':<15} {'mean':>7} {'per seed':<24} {'trials':>7} {'pruned':>7} {'wall s':>7} {'cpu s':>7}")
         row = {}
         for arm, ts in by_arm.items():
             finals = [t.best_at(budget) for t in ts]
             mean = statistics.fmean(f for f in finals if f is not None) if any(f is not None for f in finals) else None
             trials = statistics.fmean(len(t.states) for t in ts)
             pruned = statistics.fmean(t.states.count("PRUNED") for t in ts)
-            wall = statistics.fmean(t.wall_s for t in ts)
+            wall, cpu = statistics.fmean(t.wall_s for t in ts), statistics.fmean(t.cpu_s for t in ts)
             seeds = " ".join("-" if f is None else f"{f:.3f}" for f in finals)
-            print(f"  {arm:<15} {'-' if mean is None else f'{mean:.4f}':>7} {seeds:<24} {trials:>7.1f} {pruned:>7.1f} {wall:>7.1f}")
-            row[arm] = {"best_mean": mean, "best_per_seed": finals, "trials": trials, "pruned": pruned, "wall_s": wall,
+            print(f"  {arm:<15} {'-' if mean is None else f'{mean:.4f}':>7} {seeds:<24} {trials:>7.1f} {pruned:>7.1f} {wall:>7.1f} {cpu:>7.1f}")
+            row[arm] = {"best_mean": mean, "best_per_seed": finals, "trials": trials, "pruned": pruned, "wall_s": wall, "cpu_s": cpu,
                         "mean_curve": _mean_curve(ts, grid)}
-        if BASELINE in by_arm and PRUNED_ARM in by_arm:
+        for pruned_arm in (a for a in PRUNED_ARMS if a in by_arm and BASELINE in by_arm):
             shares, own = [], []
-            pruned_by_seed = {t.seed: t for t in by_arm[PRUNED_ARM]}
+            pruned_by_seed = {t.seed: t for t in by_arm[pruned_arm]}
             for base in (b for b in by_arm[BASELINE] if b.seed in pruned_by_seed):  # paired by seed
                 target = base.best_at(budget)
                 reached = pruned_by_seed[base.seed].epochs_to_reach(target) if target is not None else None
                 shares.append(None if reached is None or reached > budget else reached / budget)
                 own.append(None if target is None else base.epochs_to_reach(target) / budget)
             target = row[BASELINE]["mean_curve"][-1]
-            curve = row[PRUNED_ARM]["mean_curve"]
+            curve = row[pruned_arm]["mean_curve"]
             on_mean = next((e / budget for e, v in zip(grid, curve) if v is not None and target is not None and v >= target), None)
-            def pct(values: list[float | None]) -> str:
-                return " ".join("never" if v is None else f"{v:.0%}" for v in values)
-
-            print(f"  {PRUNED_ARM} reaches {BASELINE}'s best at: {pct(shares)} of the budget (per seed); "
+            print(f"  {pruned_arm} reaches {BASELINE}'s best at: {pct(shares)} of the budget (per seed); "
                   f"{'never' if on_mean is None else f'{on_mean:.0%}'} on the mean curves (target <= 50%); "
                   f"{BASELINE} itself first reached it at {pct(own)}")
-            row["share_to_match"] = {"per_seed": shares, "mean_curves": on_mean, "baseline_own": own}
+            row[f"{pruned_arm}_share_to_match"] = {"per_seed": shares, "mean_curves": on_mean, "baseline_own": own}
         out[dataset] = row
     return out
 
@@ -190,7 +198,7 @@ def plot(summary: dict[str, dict], traces: list[Trace], budget: int, path: Path)
 
     datasets = list(summary)
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
-    colours = dict(zip(ARMS, ("tab:red", "tab:blue", "tab:grey")))
+    colours = dict(zip(ARMS, ("tab:red", "tab:blue", "tab:grey", "tab:orange", "tab:green")))
     for ax, dataset in zip(axes[0], datasets):
         for arm, colour in colours.items():
             for t in (t for t in traces if t.dataset == dataset and t.arm == arm):
@@ -212,10 +220,10 @@ def main() -> None:
     p = _common.parser(__doc__)
     p.add_argument("--datasets", nargs="+", default=["shapes", "digits"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    p.add_argument("--epoch-budget", type=int, default=40, help="training epochs per study, all trials together")
-    p.add_argument("--max-epochs", type=int, default=4, help="trainer.max_epochs: epochs of a trial that is not pruned")
-    p.add_argument("--limit-train-batches", type=int, default=10, help="optimizer steps per epoch (0 = the whole split)")
+    p.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
+    p.add_argument("--epoch-budget", type=int, default=36, help="training epochs per study, all trials together")
+    p.add_argument("--max-epochs", type=int, default=6, help="trainer.max_epochs: epochs of a trial that is not pruned")
+    p.add_argument("--limit-train-batches", type=int, default=6, help="optimizer steps per epoch (0 = the whole split)")
     p.add_argument("--hyperband", nargs="*", default=[], metavar="OVERRIDE", help="overrides for the hyperband arm only")
     p.add_argument("--out", type=Path, default=OUT, help="folder for pruning_payoff.png and .json")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every arm")
@@ -230,13 +238,14 @@ def main() -> None:
         for seed in args.seeds:  # seeds outermost: a load spike on the shared cores hits every arm alike
             for dataset in args.datasets:
                 for arm in args.arms:
-                    extra = args.hyperband if arm == PRUNED_ARM else []
+                    extra = args.hyperband if arm == "tpe+hyperband" else []
                     trace = runner.run(dataset, arm, seed, args.epoch_budget, [*overrides, *extra], Path(tmp))
                     if trace is None:
                         continue
                     traces.append(trace)
                     print(f"  {dataset:<7} {arm:<14} seed {seed}: best {trace.best_at(args.epoch_budget)} in "
-                          f"{len(trace.states)} trials ({trace.states.count('PRUNED')} pruned), {trace.wall_s:.0f} s",
+                          f"{len(trace.states)} trials ({trace.states.count('PRUNED')} pruned), {trace.wall_s:.0f} s "
+                          f"(cpu {trace.cpu_s:.0f} s)",
                           flush=True)
     runner.close()
     print(f"\ntotal wall time {time.perf_counter() - start:.0f} s; machine: {_common.machine()}")
