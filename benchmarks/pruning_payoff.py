@@ -39,6 +39,7 @@ from pathlib import Path
 
 import _common
 import optuna
+from omegaconf import OmegaConf
 
 from convsweep.search.compose import compose_config
 from convsweep.search.objective import make_objective
@@ -79,16 +80,20 @@ class Trace:
         return next((e for e, b in zip(self.epochs, self.best) if b is not None and b >= target), None)
 
 
-def run_study(dataset: str, arm: str, seed: int, budget: int, overrides: list[str], run_dir: Path, attempt: int = 1) -> Trace:
+def run_study(dataset: str, arm: str, seed: int, budget: int, overrides: list[str], space: dict, run_dir: Path,
+              attempt: int = 1) -> Trace:
     """One arm's sweep on one dataset and seed, stopped once its trials trained `budget` epochs.
 
-    `overrides` come after the arm's own sampler and pruner choice; a retry (`attempt` 2) starts
-    a new study rather than resuming the crashed one (whose sampler seed would then differ).
+    `overrides` come after the arm's own sampler and pruner choice; `space` is the search space
+    read once at the start, so every study searches the same one even if conf/ changes meanwhile.
+    A retry (`attempt` 2) starts a new study rather than resuming the crashed one (whose sampler
+    seed would then differ).
     """
     faulthandler.enable()  # a crash inside torch still shows where it happened
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     cfg = compose_config([f"dataset={dataset}", *ARMS[arm], f"search.seed={seed}", f"search.study_name={dataset}-{arm}-s{seed}-a{attempt}",
                           "search.log_models=none", f"tracking.run_dir={run_dir}", *overrides])
+    cfg.search_space = OmegaConf.create(space)
     plan = prepare_sweep(cfg)
     study = open_study(plan)
     open_sweep_run(plan, study)
@@ -125,10 +130,11 @@ class StudyRunner:
     def _new_pool() -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
 
-    def run(self, dataset: str, arm: str, seed: int, budget: int, overrides: list[str], run_dir: Path) -> Trace | None:
+    def run(self, dataset: str, arm: str, seed: int, budget: int, overrides: list[str], space: dict,
+            run_dir: Path) -> Trace | None:
         for attempt in (1, 2):
             try:
-                return self.pool.submit(run_study, dataset, arm, seed, budget, overrides, run_dir, attempt).result()
+                return self.pool.submit(run_study, dataset, arm, seed, budget, overrides, space, run_dir, attempt).result()
             except BrokenProcessPool:
                 print(f"  {dataset:<7} {arm:<14} seed {seed}: the worker process crashed (attempt {attempt}; "
                       "its stack is above)", flush=True)
@@ -231,6 +237,7 @@ def main() -> None:
     _common.banner("benchmarks/pruning_payoff.py", args)
     overrides = [f"trainer.max_epochs={args.max_epochs}", "trainer.max_steps=null",
                  f"trainer.limit_train_batches={args.limit_train_batches or 'null'}", *args.overrides]
+    space = OmegaConf.to_container(compose_config(overrides).search_space, resolve=True)
     traces: list[Trace] = []
     start = time.perf_counter()
     runner = StudyRunner()
@@ -239,7 +246,7 @@ def main() -> None:
             for dataset in args.datasets:
                 for arm in args.arms:
                     extra = args.hyperband if arm == "tpe+hyperband" else []
-                    trace = runner.run(dataset, arm, seed, args.epoch_budget, [*overrides, *extra], Path(tmp))
+                    trace = runner.run(dataset, arm, seed, args.epoch_budget, [*overrides, *extra], space, Path(tmp))
                     if trace is None:
                         continue
                     traces.append(trace)
@@ -253,7 +260,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     plot(summary, traces, args.epoch_budget, args.out / "pruning_payoff.png")
     (args.out / "pruning_payoff.json").write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "overrides": overrides, "summary": summary,
+        {"args": {k: str(v) for k, v in vars(args).items()}, "overrides": overrides, "search_space": space,
+         "summary": summary,
          "traces": [asdict(t) for t in traces]}, indent=1))
     print(f"wrote {args.out / 'pruning_payoff.png'} and pruning_payoff.json")
 
