@@ -89,7 +89,7 @@ def test_enqueue_runs_each_baseline_once_per_study() -> None:
 
 def test_a_sweep_with_an_unfit_baseline_writes_nothing(tiny_cfg) -> None:
     cfg = tiny_cfg("search.enqueue=[small]")  # the tiny space has at most 2 blocks
-    with pytest.raises(SpaceMismatchError, match="small does not fit .*: depth=3, but the space's range is \\[1, 2\\]"):
+    with pytest.raises(SpaceMismatchError, match="small does not fit .*: depth=3, but the space's range is "):
         prepare_sweep(cfg)
     assert not resolve_locations(cfg.tracking).run_dir.exists()
 

@@ -103,7 +103,7 @@ def test_log_and_step_ranges_reach_optuna() -> None:
     space.sample(trial)
     dist = trial.distributions
     assert dist["optim.lr"].log is True
-    assert dist["depth"].low == 1 and dist["depth"].high == 3
+    assert dist["depth"].low == 2 and dist["depth"].high == 3
 
 
 @pytest.mark.parametrize(("override", "message"), [
