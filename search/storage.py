@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any, Callable, Mapping
 
 from convsweep.errors import ConvsweepError
 from convsweep.search.masking import mask_uri
+
+_CREATE_ATTEMPTS = 4  # opening an RDB storage that another machine is creating at the same moment
 
 
 class StorageError(ConvsweepError):
@@ -80,11 +83,20 @@ def open_optuna_storage(loc: Locations, create: bool = True, heartbeat_interval:
         except OSError as exc:
             raise StorageError(f"cannot write the Optuna journal at {path} ({exc.strerror}); set tracking.run_dir to a writable folder") from None
     try:
-        with warnings.catch_warnings():  # heartbeat is "experimental" in Optuna but is how stale trials get failed
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(loc.optuna_url, heartbeat_interval=heartbeat_interval,
-                                              grace_period=grace_period, heartbeat_stale_trial_callback=stale_trial_callback,
-                                              engine_kwargs={"pool_pre_ping": True})
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                with warnings.catch_warnings():  # heartbeat is "experimental" in Optuna but is how stale trials get failed
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(loc.optuna_url, heartbeat_interval=heartbeat_interval,
+                                                      grace_period=grace_period,
+                                                      heartbeat_stale_trial_callback=stale_trial_callback,
+                                                      engine_kwargs={"pool_pre_ping": True})
+            except optuna.exceptions.StorageInternalError:
+                # Two machines creating Optuna's tables in one fresh database at once: the loser's commit hits
+                # the winner's rows (a unique key). The tables exist now, so opening again succeeds.
+                if attempt == _CREATE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except Exception as exc:  # sqlalchemy's OperationalError and friends: message may contain the URL
         reason = mask_uri(" ".join(str(exc).split())).split("(Background")[0][:200]
         raise StorageError(f"cannot reach the Optuna storage {mask_uri(loc.optuna_url)}: {reason}; "

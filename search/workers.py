@@ -23,6 +23,7 @@ from convsweep.errors import ConvsweepError
 from convsweep.lightning_modules.data import load_dataset
 from convsweep.lightning_modules.worker_budget import set_worker_threads
 from convsweep.search.interrupts import interrupt_on_signals
+from convsweep.search.masking import mask_uri
 from convsweep.search.objective import make_objective
 from convsweep.search.parent_run import best_tags_callback
 from convsweep.search.preflight import SweepPlan, space_source
@@ -144,8 +145,19 @@ class WorkerPool:
         self.reap()
 
     def _watch(self) -> None:
-        while self.alive():
-            self.wait()
+        """Reap each worker as it exits; a store error in `on_death` is retried, never ends the watching."""
+        while True:
+            try:
+                self.reap()
+            except Exception as exc:
+                print(f"convsweep: warning: ending a dead worker's trial failed ({type(exc).__name__}: "
+                      f"{mask_uri(str(exc))}); retrying", file=sys.stderr)
+                time.sleep(1.0)
+                continue
+            running = [p.sentinel for p in self.procs if p.exitcode is None]
+            if not running:
+                return
+            wait(running)
 
     def reap(self) -> None:
         """Join the workers that exited; for each that died while the sweep ran, record it and call `on_death`."""

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -21,6 +23,13 @@ from convsweep.search.studies import ensure_study_exists
 TS = optuna.trial.TrialState
 EVENT_TIMEOUT_S = 900  # a generous bound for a loaded 2-core CI machine; the tests wait on events, not on time
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160", "OMP_NUM_THREADS": "1"}
+
+
+def thread_stacks() -> str:
+    """Every thread's stack in this process: what a test that waited in vain prints to say where it hung."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    return "\n".join(f"--- {names.get(ident, ident)}\n" + "".join(traceback.format_stack(frame))
+                     for ident, frame in sys._current_frames().items())
 
 
 def start_sweep(args: Sequence[str], log: Path, cwd: Path) -> subprocess.Popen:

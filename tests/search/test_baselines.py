@@ -54,7 +54,7 @@ def test_the_default_space_samples_each_enqueued_arch_exactly(name: str) -> None
      "search.enqueue: resnet_small does not fit conf/search_space/default.yaml: block1.residual=True, "
      "but the space fixes it at False"),
     (["search.enqueue=[small]", "optim.lr=0.5"], "search.enqueue: small does not fit conf/search_space/default.yaml: "
-                                                 "optim.lr=0.5, but the space's range is [0.001, 0.01]"),
+                                                 "optim.lr=0.5, but the space's range is [0.002, 0.01]"),
     (["search.enqueue=[resnet_small]", "search.max_macs=1e6"], "search.enqueue: resnet_small has 2,686,592 macs, "
                                                                 "over search.max_macs=1e+06"),
     (["search.enqueue=[resnet]"], "search.enqueue: unknown arch 'resnet'; choose from: lenet5, resnet_small, small"),

@@ -38,7 +38,7 @@ from convsweep.search import workers
 from convsweep.search.workers import Budget
 from tests.search.conftest import tiny_overrides
 from tests.search.records import (EVENT_TIMEOUT_S, check_true_record, parent_run, start_sweep, wait_for_epoch,
-                                  wait_for_trial_epoch)
+                                  thread_stacks, wait_for_trial_epoch)
 
 TS = optuna.trial.TrialState
 ENDLESS = "trainer.max_epochs=100000"  # a trial that only a kill or a signal ends
@@ -260,7 +260,7 @@ def test_a_worker_killed_mid_trial_is_ended_at_once_given_back_and_fails_the_swe
                 killed.append(lost)
                 deadline = time.monotonic() + EVENT_TIMEOUT_S
                 while trial.study.trials[lost.number].state == TS.RUNNING:  # the event: the sweep's watcher ends it
-                    assert time.monotonic() < deadline, "the dead worker's trial was not ended"
+                    assert time.monotonic() < deadline, "the dead worker's trial was not ended\n" + thread_stacks()
                     time.sleep(0.2)
             return objective(trial)
 

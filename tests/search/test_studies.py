@@ -56,7 +56,7 @@ def test_grid_walks_every_depth_of_a_conditional_space_once(tiny_cfg) -> None:
              "search_space.block.activation=relu", "search_space.stem.filters=0", "search_space.head.pooling=gap",
              "search_space.head.fc_layers=0", "search_space.head.dropout=0.0", "search_space.optim.lr=0.01",
              "search_space.optim.weight_decay=0.0"]
-    cfg = tiny_cfg("sampler=grid", "search_space.depth.high=2", *fixed, study="grid")
+    cfg = tiny_cfg("sampler=grid", "search_space.depth.low=1", "search_space.depth.high=2", *fixed, study="grid")
     study = invocation(cfg, 30)  # BruteForceSampler stops the study once the space is exhausted
     sets = param_sets(study)
     # depth 1: 2 widths x 2 kernels; depth 2: (2 x 2)^2 -- block2.* exists only in depth-2 trials
