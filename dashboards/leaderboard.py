@@ -154,6 +154,11 @@ def trial_reason(trial: FrozenTrial) -> str | None:
     return WORKER_LOST if trial.state == TrialState.FAIL else None
 
 
+def refused_before_training(trial: FrozenTrial) -> bool:
+    """A trial pruned before its first epoch because its architecture cannot be built or is over budget."""
+    return trial.state == TrialState.PRUNED and bool(trial.user_attrs.get("invalid_reason"))
+
+
 def failure_counts(study: optuna.Study, states: Sequence[TrialState] = (TrialState.FAIL, TrialState.PRUNED)
                    ) -> list[dict[str, Any]]:
     """Trials that did not complete, grouped by state and reason, most common first.

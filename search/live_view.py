@@ -15,7 +15,7 @@ from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from convsweep.dashboards.leaderboard import format_cost, ranked_trials, trial_reason
+from convsweep.dashboards.leaderboard import format_cost, ranked_trials, refused_before_training, trial_reason
 
 TrialState = optuna.trial.TrialState
 
@@ -23,8 +23,10 @@ TrialState = optuna.trial.TrialState
 class SweepProgress:
     """Renders the sweep's state; `poll()` re-reads the storage and prints each newly finished trial."""
 
-    def __init__(self, study: optuna.Study, first_number: int, n_trials: int, metric: str, console: Console) -> None:
+    def __init__(self, study: optuna.Study, first_number: int, n_trials: int, metric: str, console: Console,
+                 max_refused: int = 0) -> None:
         self.study, self.first, self.metric, self.console = study, first_number, metric, console
+        self.max_refused, self.refused = max_refused, 0  # refusals before training do not count, up to the cap
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=console)
         self.task = self.bar.add_task(f"sweep {study.study_name}", total=n_trials)
@@ -41,7 +43,9 @@ class SweepProgress:
                 if t.state.is_finished() and t.number not in self._reported:
                     self._reported.add(t.number)
                     self.console.print(self._line(t))
-            self.bar.update(self.task, completed=sum(t.state.is_finished() for t in trials))
+            self.refused = sum(refused_before_training(t) for t in trials)
+            finished = sum(t.state.is_finished() for t in trials)
+            self.bar.update(self.task, completed=finished - min(self.refused, self.max_refused))
             best = ranked_trials(self.study, 1)  # by the metric, also in a multi-objective study
             if best:
                 self.best = (best[0].number, float(best[0].values[0]))
@@ -68,7 +72,8 @@ class SweepProgress:
         c = self.counts
         best = f"best {self.metric} = {self.best[1]:.4f} (trial {self.best[0]})" if self.best else "no completed trial yet"
         status = Text.assemble(("done ", "bold"), (str(c["COMPLETE"]), "green"), "  pruned ", (str(c["PRUNED"]), "yellow"),
-                               "  failed ", (str(c["FAIL"]), "red"), f"  running {c['RUNNING']}   {best}")
+                               "  failed ", (str(c["FAIL"]), "red"), f"  running {c['RUNNING']}",
+                               f"  (refused before training: {self.refused})" if self.refused else "", f"   {best}")
         return Group(self.bar, status)
 
 

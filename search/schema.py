@@ -64,6 +64,7 @@ class SearchSchema(Section):
     fail_on_collapse: Literal["pruned", "failed"]
     max_macs: Optional[PosFloat]  # multiply-accumulates per image
     max_params: Optional[PosFloat]  # weights per net
+    max_refused: NonNegInt  # refusals before training that do not count toward n_trials
     objectives: list[str]  # NAME:DIRECTION, checked in preflight
     enqueue: list[str]  # conf/arch names run first, checked in preflight
     retry_lost: bool  # run a lost trial's params again

@@ -67,9 +67,10 @@ def run_sweep(plan: SweepPlan, console: Console | None = None) -> SweepSummary:
             if baselines:
                 console.print(f"first trials: {', '.join(baselines)} (search.enqueue)")
             n_trials = int(cfg.search.n_trials)
-            budget = Budget(n_trials)
+            budget = Budget(n_trials, int(cfg.search.max_refused))
             deadline = time.time() + float(cfg.search.timeout) if cfg.search.timeout else None
-            progress = SweepProgress(study, first, n_trials, str(cfg.search.metric), console)
+            progress = SweepProgress(study, first, n_trials, str(cfg.search.metric), console,
+                                     max_refused=int(cfg.search.max_refused))
             with Live(progress, console=console, refresh_per_second=2, transient=False), Poller(progress):
                 def on_death(pid: int) -> None:
                     """End the trial of a worker that died and give it back to the budget."""

@@ -19,6 +19,7 @@ from typing import Callable
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
+from convsweep.dashboards.leaderboard import refused_before_training
 from convsweep.errors import ConvsweepError
 from convsweep.lightning_modules.data import load_dataset
 from convsweep.lightning_modules.worker_budget import set_worker_threads
@@ -38,10 +39,17 @@ _SPAWN = multiprocessing.get_context("spawn")  # CUDA and threads start clean in
 
 
 class Budget:
-    """The trials this invocation may still start, shared by its local worker processes."""
+    """The trials this invocation may still start, shared by its local worker processes.
 
-    def __init__(self, n: int) -> None:
+    A trial refused before training (its feature map collapses, or it is over `search.max_macs` /
+    `search.max_params`) costs a fraction of a second and no epoch; up to `max_refused` of them are
+    given back, so `search.n_trials` counts trials that train. TPE still learns the limits from them
+    (Optuna constraints). Past the cap they count, so a space that is all over budget still ends.
+    """
+
+    def __init__(self, n: int, max_refused: int = 0) -> None:
         self._left = _SPAWN.Value("i", n)
+        self._refunds = _SPAWN.Value("i", max_refused)
 
     @property
     def left(self) -> int:
@@ -60,6 +68,15 @@ class Budget:
         with self._left.get_lock():
             self._left.value += n
 
+    def refund_refused(self) -> bool:
+        """Give back a trial refused before training, while the cap allows; whether it was given back."""
+        with self._refunds.get_lock():
+            if self._refunds.value <= 0:
+                return False
+            self._refunds.value -= 1
+        self.give_back(1)
+        return True
+
 
 def run_trials(plan: SweepPlan, study: optuna.Study, budget: Budget, deadline: float | None,
                before_each: Callable[[], None] = lambda: None) -> None:
@@ -74,7 +91,8 @@ def run_trials(plan: SweepPlan, study: optuna.Study, budget: Budget, deadline: f
     """
     set_threads(plan.cfg)
     objective = make_objective(plan)
-    callbacks = [best_tags_callback(plan.client, str(plan.parent_run_id), str(plan.cfg.search.metric))]
+    callbacks = [best_tags_callback(plan.client, str(plan.parent_run_id), str(plan.cfg.search.metric)),
+                 lambda _study, trial: refused_before_training(trial) and budget.refund_refused()]
     while True:
         before_each()
         if (deadline is not None and time.time() >= deadline) or not budget.take():

@@ -71,10 +71,10 @@ def test_a_multi_objective_sweep_leaves_a_pareto_set_in_best_and_mlflow(tiny_cfg
 
 @pytest.mark.slow
 def test_a_params_budget_is_a_constraint_and_over_budget_nets_never_train(tiny_cfg) -> None:
-    cfg = tiny_cfg("search.max_params=10", "search.n_trials=2")
+    cfg = tiny_cfg("search.max_params=10", "search.n_trials=2", "search.max_refused=0")
     run_sweep(prepare_sweep(cfg), Console(quiet=True))
     study = ensure_study_exists(resolve_locations(cfg.tracking), "tiny")
-    assert [t.state for t in study.trials] == [TS.PRUNED] * 2
+    assert [t.state for t in study.trials] == [TS.PRUNED] * 2  # max_refused=0: every refusal counts
     for t in study.trials:
         assert "params exceeds the budget search.max_params=10" in t.user_attrs["invalid_reason"]
         assert t.constraints["max_params"] > 0  # what TPE, NSGA-II and GP learn the budget from

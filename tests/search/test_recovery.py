@@ -177,6 +177,13 @@ def test_the_budget_is_shared_exactly_and_a_lost_trial_goes_back() -> None:
     assert budget.take() and not budget.take()
 
 
+def test_refusals_before_training_are_given_back_up_to_the_cap() -> None:
+    budget = Budget(1, max_refused=2)
+    assert budget.take() and not budget.take()
+    assert [budget.refund_refused() for _ in range(3)] == [True, True, False]  # the third refusal counts
+    assert [budget.take() for _ in range(3)] == [True, True, False]
+
+
 @pytest.mark.slow
 def test_sigkill_mid_trial_then_resume_ends_the_lost_trial_and_retries_it(tmp_path: Path, tiny_cfg) -> None:
     log = tmp_path / "sweep.log"

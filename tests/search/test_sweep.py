@@ -95,10 +95,10 @@ def test_deterministic_pruner_prunes_and_mlflow_records_it(tiny_cfg) -> None:
 @pytest.mark.slow
 def test_collapsing_architectures_end_pruned_with_the_reason_and_the_sweep_goes_on(tiny_cfg) -> None:
     cfg = tiny_cfg("search_space.depth=4", "search_space.block.downsample=maxpool", "search_space.block.padding_mode=zeros",
-                   "search.n_trials=2")
+                   "search.n_trials=2", "search.max_refused=1")
     run_sweep(prepare_sweep(cfg), quiet())
     study = ensure_study_exists(resolve_locations(cfg.tracking), "tiny")
-    assert [t.state for t in study.trials] == [TS.PRUNED] * 2
+    assert [t.state for t in study.trials] == [TS.PRUNED] * 3  # one refusal given back to n_trials, then they count
     assert all("feature map collapses" in t.user_attrs["invalid_reason"] for t in study.trials)
     failed = tiny_cfg("search_space.depth=4", "search_space.block.downsample=maxpool", "search.n_trials=1",
                       "search.fail_on_collapse=failed", study="tiny-fail")
@@ -126,10 +126,10 @@ def test_bad_input_fails_before_anything_is_written(tiny_cfg, override: str, mes
 
 @pytest.mark.slow
 def test_compute_budget_prunes_costly_architectures_before_training(tiny_cfg) -> None:
-    cfg = tiny_cfg("search.max_macs=10", "search.n_trials=2")
+    cfg = tiny_cfg("search.max_macs=10", "search.n_trials=2", "search.max_refused=2")
     run_sweep(prepare_sweep(cfg), quiet())
     study = ensure_study_exists(resolve_locations(cfg.tracking), "tiny")
-    assert [t.state for t in study.trials] == [TS.PRUNED] * 2
+    assert [t.state for t in study.trials] == [TS.PRUNED] * 4  # two refusals given back to n_trials, then they count
     assert all("exceeds the budget search.max_macs" in t.user_attrs["invalid_reason"] for t in study.trials)
     assert all(not t.intermediate_values for t in study.trials)  # no epoch was trained
 
