@@ -99,7 +99,8 @@ def _sweep(cfg: Any, prewarm: Any) -> int:
     failures = failure_counts(study)
     if failures:
         console.print(failures_table(failures[:10], f"trials without a result: {summary.study_name}"))
-    console.print(f"this sweep: {summary.n_complete} complete, {summary.n_pruned} pruned, {summary.n_failed} failed")
+    refused = f" ({summary.n_refused} refused before training)" if summary.n_refused else ""
+    console.print(f"this sweep: {summary.n_complete} complete, {summary.n_pruned} pruned{refused}, {summary.n_failed} failed")
     for pid, code in summary.crashed:
         console.print(f"[red]worker process {pid} crashed[/] (exit code {code}): a trial it was running ended "
                       "`worker lost` and did not count toward search.n_trials")

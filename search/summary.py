@@ -7,7 +7,7 @@ from typing import Any, Collection
 
 import optuna
 
-from convsweep.dashboards.leaderboard import ranked_trials
+from convsweep.dashboards.leaderboard import ranked_trials, refused_before_training
 from convsweep.search.lease import LEASE, this_host
 from convsweep.search.storage import Locations
 
@@ -32,6 +32,7 @@ class SweepSummary:
     resumed: bool
     status: str = "FINISHED"
     crashed: list[tuple[int, int]] = field(default_factory=list)  # (pid, exit code) of crashed workers
+    n_refused: int = 0  # of n_pruned: refused before training (collapsed or over budget)
 
 
 def summarize(study: optuna.Study, first: int, parent_id: str, loc: Locations, resumed: bool,
@@ -50,4 +51,5 @@ def summarize(study: optuna.Study, first: int, parent_id: str, loc: Locations, r
         best_value, best_params, best_run = None, {}, None
     return SweepSummary(study.study_name, count(TS.COMPLETE), count(TS.PRUNED), count(TS.FAIL), best_value,
                         best_params, best_run, parent_id, loc, resumed,
-                        "FAILED" if crashed or (count(TS.FAIL) and not count(TS.COMPLETE)) else "FINISHED", crashed)
+                        "FAILED" if crashed or (count(TS.FAIL) and not count(TS.COMPLETE)) else "FINISHED", crashed,
+                        sum(refused_before_training(t) for t in trials))

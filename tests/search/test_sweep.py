@@ -127,7 +127,8 @@ def test_bad_input_fails_before_anything_is_written(tiny_cfg, override: str, mes
 @pytest.mark.slow
 def test_compute_budget_prunes_costly_architectures_before_training(tiny_cfg) -> None:
     cfg = tiny_cfg("search.max_macs=10", "search.n_trials=2", "search.max_refused=2")
-    run_sweep(prepare_sweep(cfg), quiet())
+    summary = run_sweep(prepare_sweep(cfg), quiet())
+    assert summary.n_pruned == summary.n_refused == 4 and summary.n_complete == 0
     study = ensure_study_exists(resolve_locations(cfg.tracking), "tiny")
     assert [t.state for t in study.trials] == [TS.PRUNED] * 4  # two refusals given back to n_trials, then they count
     assert all("exceeds the budget search.max_macs" in t.user_attrs["invalid_reason"] for t in study.trials)
