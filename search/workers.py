@@ -155,11 +155,26 @@ class WorkerPool:
     def alive(self) -> bool:
         return any(p.exitcode is None for p in self.procs)
 
+    def _wait_for_exit(self) -> bool:
+        """Block until a worker has exited (False when none runs).
+
+        The sentinel pipe alone is not enough: a process the worker started (a DataLoader or compile
+        worker, forked with the worker's fds) keeps its end open after a SIGKILL, so `exitcode`
+        (waitpid) is polled each second too.
+        """
+        while True:
+            running = [p for p in self.procs if p.exitcode is None]
+            if not running:
+                return False
+            if len(running) < len(self.procs) - len(self._reaped):
+                return True
+            wait([p.sentinel for p in running], timeout=1.0)
+            if any(p.exitcode is not None for p in running):
+                return True
+
     def wait(self) -> None:
         """Block until a worker exits, and handle it."""
-        running = [p.sentinel for p in self.procs if p.exitcode is None]
-        if running:
-            wait(running)
+        self._wait_for_exit()
         self.reap()
 
     def _watch(self) -> None:
@@ -172,10 +187,8 @@ class WorkerPool:
                       f"{mask_uri(str(exc))}); retrying", file=sys.stderr)
                 time.sleep(1.0)
                 continue
-            running = [p.sentinel for p in self.procs if p.exitcode is None]
-            if not running:
+            if not self._wait_for_exit():
                 return
-            wait(running)
 
     def reap(self) -> None:
         """Join the workers that exited; for each that died while the sweep ran, record it and call `on_death`."""
