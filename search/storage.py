@@ -21,6 +21,10 @@ from convsweep.errors import ConvsweepError
 from convsweep.search.masking import mask_uri
 
 _CREATE_ATTEMPTS = 4  # opening an RDB storage that another machine is creating at the same moment
+# Each sweep process keeps at most 2 idle connections (SQLAlchemy's default keeps 5): its threads (trial,
+# heartbeat, live view, worker watcher) rarely need more at once, and 4 machines x 8 workers x 5 would
+# pass PostgreSQL's default of 100 connections. Bursts may open 6 more.
+_RDB_POOL = {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 6}
 
 
 class StorageError(ConvsweepError):
@@ -90,7 +94,7 @@ def open_optuna_storage(loc: Locations, create: bool = True, heartbeat_interval:
                     return optuna.storages.RDBStorage(loc.optuna_url, heartbeat_interval=heartbeat_interval,
                                                       grace_period=grace_period,
                                                       heartbeat_stale_trial_callback=stale_trial_callback,
-                                                      engine_kwargs={"pool_pre_ping": True})
+                                                      engine_kwargs=_RDB_POOL)
             except optuna.exceptions.StorageInternalError:
                 # Two machines creating Optuna's tables in one fresh database at once: the loser's commit hits
                 # the winner's rows (a unique key). The tables exist now, so opening again succeeds.

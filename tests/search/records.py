@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from convsweep.dashboards.leaderboard import ranked_trials, trial_reason
 from convsweep.search import run_records as rr
-from convsweep.search.storage import Locations, StorageError
+from convsweep.search.storage import Locations, StorageError, open_optuna_storage
 from convsweep.search.studies import ensure_study_exists
 
 TS = optuna.trial.TrialState
@@ -54,13 +54,15 @@ def wait_for_trial_epoch(loc: Locations, study_name: str, which: Callable[[optun
     """Block until a RUNNING trial (one `which` accepts) has logged an epoch to its MLflow run: the event a kill
     waits for, so the kill lands mid-trial. The MLflow store is read only once the study has a trial (its
     migrations are done by then). `check()` runs on every poll, e.g. to fail when the sweep died."""
-    deadline, client = time.monotonic() + EVENT_TIMEOUT_S, None
+    deadline, client, storage, study = time.monotonic() + EVENT_TIMEOUT_S, None, None, None
     while True:
         check()
         assert time.monotonic() < deadline, f"no epoch logged in {EVENT_TIMEOUT_S} s"
-        try:
-            trials = ensure_study_exists(loc, study_name).get_trials(deepcopy=False, states=(TS.RUNNING,))
-        except StorageError:  # the study is not created yet
+        try:  # one storage for all polls: a storage per poll would hold a PostgreSQL connection each
+            storage = storage or open_optuna_storage(loc, create=False)
+            study = study or optuna.load_study(study_name=study_name, storage=storage)
+            trials = study.get_trials(deepcopy=False, states=(TS.RUNNING,))
+        except (StorageError, KeyError):  # no journal file, or no study in it, yet
             trials = []
         for trial in trials:
             run_id = trial.user_attrs.get("mlflow_run_id")

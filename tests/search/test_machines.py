@@ -63,7 +63,8 @@ def mlflow_server(pg_schemas: tuple[str, str], free_port: Callable[[], int], tmp
     port, log = free_port(), tmp_path / "mlflow-server.log"
     env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": pg_schemas[1],  # in the environment, not in argv
            "MLFLOW_DEFAULT_ARTIFACT_ROOT": (tmp_path / "server-artifacts").as_uri(),
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "2", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "6"}  # 100 slots, shared
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                                  "--workers", "1"], stdout=out, stderr=subprocess.STDOUT, env=env)
