@@ -73,8 +73,6 @@ def open_optuna_storage(loc: Locations, create: bool = True, heartbeat_interval:
     Raises:
         StorageError: the database is unreachable or the path cannot be created.
     """
-    import optuna
-
     if loc.is_journal:
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -87,24 +85,33 @@ def open_optuna_storage(loc: Locations, create: bool = True, heartbeat_interval:
         except OSError as exc:
             raise StorageError(f"cannot write the Optuna journal at {path} ({exc.strerror}); set tracking.run_dir to a writable folder") from None
     try:
-        for attempt in range(_CREATE_ATTEMPTS):
-            try:
-                with warnings.catch_warnings():  # heartbeat is "experimental" in Optuna but is how stale trials get failed
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    return optuna.storages.RDBStorage(loc.optuna_url, heartbeat_interval=heartbeat_interval,
-                                                      grace_period=grace_period,
-                                                      heartbeat_stale_trial_callback=stale_trial_callback,
-                                                      engine_kwargs=_RDB_POOL)
-            except optuna.exceptions.StorageInternalError:
-                # Two machines creating Optuna's tables in one fresh database at once: the loser's commit hits
-                # the winner's rows (a unique key). The tables exist now, so opening again succeeds.
-                if attempt == _CREATE_ATTEMPTS - 1:
-                    raise
-                time.sleep(0.5 * (attempt + 1))
+        return _rdb_storage(loc.optuna_url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                            heartbeat_stale_trial_callback=stale_trial_callback, engine_kwargs=_RDB_POOL)
     except Exception as exc:  # sqlalchemy's OperationalError and friends: message may contain the URL
         reason = mask_uri(" ".join(str(exc).split())).split("(Background")[0][:200]
         raise StorageError(f"cannot reach the Optuna storage {mask_uri(loc.optuna_url)}: {reason}; "
                            "check that the server runs and the URL, user and password are right") from None
+
+
+def _rdb_storage(url: str, **kwargs: Any) -> Any:
+    """`optuna.storages.RDBStorage(url, **kwargs)`, opened again when another machine is creating its tables.
+
+    Two machines creating Optuna's tables in one fresh database at once: the loser's commit hits the
+    winner's rows (a unique key) and Optuna raises StorageInternalError. The tables exist by then.
+    """
+    import optuna
+
+    attempt = 1
+    while True:
+        try:
+            with warnings.catch_warnings():  # heartbeat is "experimental" in Optuna but is how stale trials get failed
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, **kwargs)
+        except optuna.exceptions.StorageInternalError:
+            if attempt == _CREATE_ATTEMPTS:
+                raise
+            time.sleep(0.5 * attempt)
+            attempt += 1
 
 
 def init_mlflow(loc: Locations) -> Any:

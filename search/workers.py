@@ -68,6 +68,11 @@ class Budget:
         with self._left.get_lock():
             self._left.value += n
 
+    def after_trial(self, _study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """`study.optimize` callback: a trial refused before training is given back (`refund_refused`)."""
+        if refused_before_training(trial):
+            self.refund_refused()
+
     def refund_refused(self) -> bool:
         """Give back a trial refused before training, while the cap allows; whether it was given back."""
         with self._refunds.get_lock():
@@ -92,7 +97,7 @@ def run_trials(plan: SweepPlan, study: optuna.Study, budget: Budget, deadline: f
     set_threads(plan.cfg)
     objective = make_objective(plan)
     callbacks = [best_tags_callback(plan.client, str(plan.parent_run_id), str(plan.cfg.search.metric)),
-                 lambda _study, trial: refused_before_training(trial) and budget.refund_refused()]
+                 budget.after_trial]
     while True:
         before_each()
         if (deadline is not None and time.time() >= deadline) or not budget.take():

@@ -79,6 +79,18 @@ def test_momentum_is_sampled_only_for_sgd_and_fc_width_only_with_hidden_layers()
         assert optim.momentum == (t.params["optim.momentum"] if sgd else OptimSpec.momentum)
 
 
+def test_the_training_recipe_is_searched_where_a_space_declares_it() -> None:
+    """`wide` searches the schedule, warm-up, label smoothing and augmentation strength; `default` leaves them
+    at the spec's defaults, so its trials carry none of them."""
+    recipe = ("schedule", "warmup", "label_smoothing", "augment_strength")
+    trials = sample_many(shipped_space("wide"))
+    assert {t.params["optim.schedule"] for t in trials} == {"cosine", "onecycle"}
+    for t in trials:
+        _, optim = shipped_space("wide").sample(optuna.trial.FixedTrial(t.params))
+        assert [getattr(optim, k) for k in recipe] == [t.params[f"optim.{k}"] for k in recipe]
+    assert not any(f"optim.{k}" in t.params for t in sample_many(shipped_space(), 5) for k in recipe)
+
+
 def test_pyramid_mode_derives_widths_from_base_and_growth() -> None:
     space = shipped_space("pyramid")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
