@@ -7,8 +7,9 @@ ratio to `python -c "import torch, lightning.pytorch"` launched in turn with eac
 (target <= 1.5x).
 
 The first training step is detected from the outside, from the Optuna journal file the
-sweep writes (polled every 10 ms): the first trial's creation time is in its CREATE_TRIAL
-record; the first and second epoch reports appear as intermediate values. The first step
+sweep writes (polled every 10 ms): a trial's creation time is in its CREATE_TRIAL record; the
+first and second epoch reports of the first trial that trains appear as intermediate values
+(a trial refused before training, e.g. over `search.max_macs`, reports none and takes ~0.2 s). The first step
 is put at (first report - one epoch), one epoch being (second report - first report), and
 never before the first trial's creation; the quick config's epoch is 600 images, so on an
 idle machine the estimate is within a fraction of a second.
@@ -47,13 +48,16 @@ def watch_sweep(convsweep: str, run_dir: Path, timeout: float) -> dict[str, floa
     proc = subprocess.Popen([convsweep, "sweep", "experiment=quick", f"tracking.run_dir={run_dir}"],
                             stdout=subprocess.DEVNULL, stderr=stderr)
     seen: dict[str, float] = {}
+    created: dict[int, float] = {}
     reports: list[float] = []
+    trained: int | None = None
     try:
         while len(reports) < 2 and time.time() - launch < timeout and proc.poll() is None:
             time.sleep(0.01)
             now = time.time() - launch
             if not journal.exists():
                 continue
+            created.clear()
             for line in journal.read_text().splitlines():
                 try:
                     log = json.loads(line)
@@ -62,10 +66,10 @@ def watch_sweep(convsweep: str, run_dir: Path, timeout: float) -> dict[str, floa
                 op = log.get("op_code")
                 if op == CREATE_STUDY:
                     seen.setdefault("study created (polled)", now)
-                elif op == CREATE_TRIAL and "first trial created" not in seen:  # the first record is trial 0
-                    start = datetime.fromisoformat(log["datetime_start"]).timestamp()
-                    seen.setdefault("first trial created", start - launch)
-                elif op == INTERMEDIATE and log.get("trial_id") == 0 and len(reports) == int(log["step"]) < 2:
+                elif op == CREATE_TRIAL:  # trial ids count from 0 in creation order
+                    created.setdefault(len(created), datetime.fromisoformat(log["datetime_start"]).timestamp() - launch)
+                elif op == INTERMEDIATE and trained in (None, log.get("trial_id")) and len(reports) == int(log["step"]) < 2:
+                    trained = int(log["trial_id"])  # the first trial that trains (one refused before training never reports)
                     reports.append(now)
     finally:
         if proc.poll() is None:
@@ -79,9 +83,12 @@ def watch_sweep(convsweep: str, run_dir: Path, timeout: float) -> dict[str, floa
     if len(reports) < 2:
         raise RuntimeError(f"the sweep reported {len(reports)} epochs before stopping: "
                            f"{(run_dir / 'stderr.log').read_text()[-2000:]}")
+    assert trained is not None
+    seen["first trial created"] = created[0]
+    seen["first trained trial created"] = created[trained]
     seen["first epoch reported (polled)"] = reports[0]
     # an epoch of a loaded machine can be shorter than the first: the step comes after the trial exists
-    seen["first training step (estimated)"] = max(reports[0] - (reports[1] - reports[0]), seen["first trial created"])
+    seen["first training step (estimated)"] = max(reports[0] - (reports[1] - reports[0]), created[trained])
     return seen
 
 

@@ -66,15 +66,24 @@ class Lease:
     """`with Lease(trial, interval):` the trial is leased to this process until the block ends.
 
     The lease is written on entry and, when `interval` is given, refreshed every `interval`
-    seconds by a daemon thread (the journal storage has no heartbeat of its own).
+    seconds by a daemon thread (the journal storage has no heartbeat of its own). With
+    `rdb_heartbeat` each refresh also records the trial's Optuna heartbeat on an RDB storage:
+    `study.optimize` beats for the trials it asks, a trial asked ahead (search/ask_ahead.py) beats here.
     """
 
-    def __init__(self, trial: optuna.Trial, interval: float | None) -> None:
+    def __init__(self, trial: optuna.Trial, interval: float | None, rdb_heartbeat: bool = False) -> None:
         self.trial, self.interval = trial, interval
+        self._rdb_trial_id: int | None = None
+        if rdb_heartbeat:
+            storage = trial.storage  # public: Optuna's own heartbeat thread calls the same `record_heartbeat`
+            self._rdb_trial_id = storage.get_trial_id_from_study_id_trial_number(
+                storage.get_study_id_from_name(trial.study.study_name), trial.number)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refresh, daemon=True, name=f"convsweep-lease-{trial.number}")
 
     def _write(self) -> None:
+        if self._rdb_trial_id is not None:
+            self.trial.storage.record_heartbeat(self._rdb_trial_id)
         self.trial.set_user_attr(LEASE, {"host": this_host(), "pid": os.getpid(), "heartbeat": time.time()})
 
     def _refresh(self) -> None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict
-from typing import Any, NoReturn, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, NoReturn, Sequence
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
@@ -111,34 +111,66 @@ def record_budgets(trial: optuna.Trial, net_plan: NetworkPlan, search: DictConfi
     return "; ".join(reasons) or None
 
 
-def make_objective(sweep: SweepPlan):  # noqa: ANN201 - returns the objective callable
+@dataclass(frozen=True)
+class TrialSteps:
+    """One trial's work in the order it runs: `lease` it, `sample` its architecture, `run` it.
+
+    `study.optimize` runs all three back to back (`make_objective`); the ask-ahead loop
+    (search/ask_ahead.py) leases and samples the next trial while the current one runs.
+    """
+
+    lease: Callable[[optuna.Trial], Lease]
+    sample: Callable[[optuna.Trial], tuple[ArchSpec, OptimSpec]]
+    run: Callable[[optuna.Trial, tuple[ArchSpec, OptimSpec]], float | tuple[float, ...]]
+
+
+def make_objective(sweep: SweepPlan) -> Callable[[optuna.Trial], float | tuple[float, ...]]:
     """Build `objective(trial) -> float` (or a tuple, one value per `search.objectives`) for `study.optimize`."""
+    steps = make_trial_steps(sweep)
+
+    def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
+        with steps.lease(trial):
+            return steps.run(trial, steps.sample(trial))
+
+    return objective
+
+
+def make_trial_steps(sweep: SweepPlan, ask_ahead: bool = False) -> TrialSteps:
+    """The steps of the sweep's trials.
+
+    Args:
+        sweep: the sweep.
+        ask_ahead: the trials are asked outside `study.optimize`, whose thread beats for RDB
+            storages: the lease's thread then beats on every storage.
+    """
     cfg, data, client = sweep.cfg, sweep.data, sweep.client
     metric, maximize = str(cfg.search.metric), cfg.search.direction == "maximize"
     objectives = sweep_objectives(cfg)
     env_tags = {f"env.{k}": v for k, v in environment_record().items()}
     dtags = data_tags(data)
     # the journal file has no heartbeat of its own: the lease's thread beats instead (RDB: Optuna's does)
-    beat = float(cfg.search.heartbeat_interval) if sweep.locations.is_journal else None
+    beat = float(cfg.search.heartbeat_interval) if sweep.locations.is_journal or ask_ahead else None
 
-    def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
-        with Lease(trial, beat):
-            arch, optim = sweep.space.sample(trial)
-            seed = int(cfg.search.seed) + trial.number
-            history = EpochHistory(metric, str(cfg.search.direction))
-            run_id = None
-            try:
-                with deferred():  # an interrupt waits until the run exists and the trial knows it
-                    run_id = rr.start_child_run(
-                        client, sweep.experiment_id, sweep.parent_run_id, f"trial-{trial.number:03d}", "trial",
-                        params={**run_params(trial.params, arch, optim), "seed": seed},
-                        tags={rr.STUDY: trial.study.study_name, rr.TRIAL: trial.number, **env_tags, **dtags},
-                        config_yaml=to_yaml(trial_config(cfg, arch, optim, seed)))
-                    trial.set_user_attr("mlflow_run_id", run_id)  # its config lives once, as that run's config.yaml
-                return fit(trial, run_id, arch, optim, seed, history)
-            except BaseException as exc:
-                _end_early(client, trial, run_id, exc, summary_metrics(history.epochs, metric, maximize))
-                raise
+    def lease(trial: optuna.Trial) -> Lease:
+        return Lease(trial, beat, rdb_heartbeat=ask_ahead and not sweep.locations.is_journal)
+
+    def run(trial: optuna.Trial, sampled: tuple[ArchSpec, OptimSpec]) -> float | tuple[float, ...]:
+        arch, optim = sampled
+        seed = int(cfg.search.seed) + trial.number
+        history = EpochHistory(metric, str(cfg.search.direction))
+        run_id = None
+        try:
+            with deferred():  # an interrupt waits until the run exists and the trial knows it
+                run_id = rr.start_child_run(
+                    client, sweep.experiment_id, sweep.parent_run_id, f"trial-{trial.number:03d}", "trial",
+                    params={**run_params(trial.params, arch, optim), "seed": seed},
+                    tags={rr.STUDY: trial.study.study_name, rr.TRIAL: trial.number, **env_tags, **dtags},
+                    config_yaml=to_yaml(trial_config(cfg, arch, optim, seed)))
+                trial.set_user_attr("mlflow_run_id", run_id)  # its config lives once, as that run's config.yaml
+            return fit(trial, run_id, arch, optim, seed, history)
+        except BaseException as exc:
+            _end_early(client, trial, run_id, exc, summary_metrics(history.epochs, metric, maximize))
+            raise
 
     def fit(trial: optuna.Trial, run_id: str, arch: ArchSpec, optim: OptimSpec, seed: int,
             history: EpochHistory) -> float | tuple[float, ...]:
@@ -167,7 +199,7 @@ def make_objective(sweep: SweepPlan):  # noqa: ANN201 - returns the objective ca
             raise optuna.TrialPruned(str(exc)) from None
         return _complete(sweep, trial, run_id, result, objectives, cost)
 
-    return objective
+    return TrialSteps(lease, sweep.space.sample, run)
 
 
 def _end_early(client: Any, trial: optuna.Trial, run_id: str | None, exc: BaseException,

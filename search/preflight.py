@@ -19,7 +19,7 @@ from convsweep.errors import ConvsweepError
 from convsweep.lightning_modules.data import ImageData, load_dataset
 from convsweep.search.allowlist import safe_instantiate
 from convsweep.search.baselines import check_baselines
-from convsweep.search.samplers import make_sampler
+from convsweep.search.samplers import GRID_SAMPLER, make_sampler
 from convsweep.search.space import SearchSpace, parse_space
 from convsweep.search.storage import Locations, init_mlflow, open_optuna_storage, resolve_locations
 from convsweep.search.store_prewarm import StorePrewarm
@@ -147,6 +147,25 @@ def resolve_n_workers(cfg: DictConfig) -> int:
     return int(cfg.search.n_workers)
 
 
+def resolve_ask_ahead(cfg: DictConfig) -> bool:
+    """Replace `search.ask_ahead: auto` by whether the next trial is asked while the current one trains, in `cfg`.
+
+    auto: on for CUDA, where a trial lasts seconds and the sampler's 0.1-0.3 s matters; off on CPU, where
+    trials last tens of seconds and the asking thread would take a core from training. Never with
+    sampler=grid: Optuna's BruteForceSampler ends the search with `study.stop()`, which only
+    `study.optimize` can take, and walking a grid costs little anyway.
+    """
+    grid = cfg.sampler.get("_target_") == GRID_SAMPLER
+    if cfg.search.ask_ahead is True and grid:
+        raise ConvsweepError("search.ask_ahead=true does not work with sampler=grid (its search ends with "
+                             "study.stop(), which needs study.optimize); use search.ask_ahead=auto or false")
+    if cfg.search.ask_ahead == "auto":
+        from convsweep.lightning_modules.runner import resolve_device  # noqa: PLC0415 - torch only when a sweep runs
+
+        cfg.search.ask_ahead = not grid and resolve_device(str(cfg.trainer.accelerator)) == "cuda"
+    return bool(cfg.search.ask_ahead)
+
+
 def prepare_sweep(cfg: DictConfig, prewarm: StorePrewarm | None = None) -> SweepPlan:
     """Check config, space, metric, sampler, pruner and dataset; raise ConvsweepError before writing anything.
 
@@ -161,6 +180,7 @@ def prepare_sweep(cfg: DictConfig, prewarm: StorePrewarm | None = None) -> Sweep
     check_metric(cfg)
     sweep_objectives(cfg)
     resolve_n_workers(cfg)
+    resolve_ask_ahead(cfg)
     space = parse_space(OmegaConf.to_container(cfg.search_space), space_source(cfg))
     make_sampler(cfg, space)
     safe_instantiate(cfg.pruner)

@@ -59,6 +59,7 @@ class SearchSchema(Section):
     metric: str  # one of the metrics a trial logs: checked against them in preflight
     seed: int
     n_workers: Union[Literal["auto"], PosInt]  # auto: resolved in preflight (lightning_modules/worker_budget.py)
+    ask_ahead: Union[Literal["auto"], bool]  # auto: resolved in preflight (`resolve_ask_ahead`)
     log_models: Literal["best", "all", "none"]
     top_k_views: NonNegInt
     fail_on_collapse: Literal["pruned", "failed"]

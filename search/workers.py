@@ -23,9 +23,10 @@ from convsweep.dashboards.leaderboard import refused_before_training
 from convsweep.errors import ConvsweepError
 from convsweep.lightning_modules.data import load_dataset
 from convsweep.lightning_modules.worker_budget import set_worker_threads
+from convsweep.search.ask_ahead import AskAheadLoop, deadline_passed
 from convsweep.search.interrupts import interrupt_on_signals
 from convsweep.search.masking import mask_uri
-from convsweep.search.objective import make_objective
+from convsweep.search.objective import make_objective, make_trial_steps
 from convsweep.search.parent_run import best_tags_callback
 from convsweep.search.preflight import SweepPlan, space_source
 from convsweep.search.space import parse_space
@@ -95,9 +96,13 @@ def run_trials(plan: SweepPlan, study: optuna.Study, budget: Budget, deadline: f
         before_each: called before each claim (the main process watches its workers there).
     """
     set_threads(plan.cfg)
-    objective = make_objective(plan)
     callbacks = [best_tags_callback(plan.client, str(plan.parent_run_id), str(plan.cfg.search.metric)),
                  budget.after_trial]
+    if plan.cfg.search.ask_ahead is True:  # resolved in preflight (`resolve_ask_ahead`)
+        loop = AskAheadLoop(study, make_trial_steps(plan, ask_ahead=True), callbacks, TRIAL_ERRORS)
+        loop.run(budget.take, lambda: budget.give_back(1), deadline_passed(deadline), before_each)
+        return
+    objective = make_objective(plan)
     while True:
         before_each()
         if (deadline is not None and time.time() >= deadline) or not budget.take():
