@@ -26,8 +26,7 @@ from typing import Any, Callable, Sequence
 import optuna
 
 from convsweep.search.objective import TrialSteps
-
-NOT_STARTED = "not started"  # the reason of a trial asked ahead that never ran starts with this
+from convsweep.search.run_records import NOT_STARTED
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 

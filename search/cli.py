@@ -100,11 +100,13 @@ def _sweep(cfg: Any, prewarm: Any) -> int:
     if failures:
         console.print(failures_table(failures[:10], f"trials without a result: {summary.study_name}"))
     refused = f" ({summary.n_refused} refused before training)" if summary.n_refused else ""
-    console.print(f"this sweep: {summary.n_complete} complete, {summary.n_pruned} pruned{refused}, {summary.n_failed} failed")
+    waiting = f" ({summary.n_not_started} asked ahead, not started)" if summary.n_not_started else ""
+    console.print(f"this sweep: {summary.n_complete} complete, {summary.n_pruned} pruned{refused}, "
+                  f"{summary.n_failed} failed{waiting}")
     for pid, code in summary.crashed:
         console.print(f"[red]worker process {pid} crashed[/] (exit code {code}): a trial it was running ended "
                       "`worker lost` and did not count toward search.n_trials")
-    if summary.n_failed and not summary.n_complete:
+    if summary.n_failed > summary.n_not_started and not summary.n_complete:
         console.print("[red]no trial completed[/]: every trial of this sweep failed (reasons above)")
     if summary.best_value is not None:
         console.print(f"best {cfg.search.metric} = {summary.best_value:.4f} (MLflow run {summary.best_run_id})")

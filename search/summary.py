@@ -9,6 +9,7 @@ import optuna
 
 from convsweep.dashboards.leaderboard import ranked_trials, refused_before_training
 from convsweep.search.lease import LEASE, this_host
+from convsweep.search.run_records import NOT_STARTED
 from convsweep.search.storage import Locations
 
 
@@ -33,6 +34,7 @@ class SweepSummary:
     status: str = "FINISHED"
     crashed: list[tuple[int, int]] = field(default_factory=list)  # (pid, exit code) of crashed workers
     n_refused: int = 0  # of n_pruned: refused before training (collapsed or over budget)
+    n_not_started: int = 0  # of n_failed: asked ahead, then the sweep stopped before their turn (search.ask_ahead)
 
 
 def summarize(study: optuna.Study, first: int, parent_id: str, loc: Locations, resumed: bool,
@@ -43,6 +45,7 @@ def summarize(study: optuna.Study, first: int, parent_id: str, loc: Locations, r
     trials = [t for t in study.get_trials(deepcopy=False) if t.number >= first
               and (t.user_attrs.get(LEASE) or {}).get("host") == host and t.user_attrs[LEASE].get("pid") in owners]
     TS = optuna.trial.TrialState
+    not_started = sum(str(t.user_attrs.get("reason", "")).startswith(NOT_STARTED) for t in trials)
     count = lambda s: sum(t.state == s for t in trials)  # noqa: E731
     best = ranked_trials(study, 1)  # by the metric, also in a multi-objective study
     if best:
@@ -51,5 +54,5 @@ def summarize(study: optuna.Study, first: int, parent_id: str, loc: Locations, r
         best_value, best_params, best_run = None, {}, None
     return SweepSummary(study.study_name, count(TS.COMPLETE), count(TS.PRUNED), count(TS.FAIL), best_value,
                         best_params, best_run, parent_id, loc, resumed,
-                        "FAILED" if crashed or (count(TS.FAIL) and not count(TS.COMPLETE)) else "FINISHED", crashed,
-                        sum(refused_before_training(t) for t in trials))
+                        "FAILED" if crashed or (count(TS.FAIL) > not_started and not count(TS.COMPLETE)) else "FINISHED",
+                        crashed, sum(refused_before_training(t) for t in trials), not_started)

@@ -6,6 +6,7 @@ sweep test runs the real objective on digits with `search.ask_ahead=true`.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -18,13 +19,15 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from convsweep.errors import ConvsweepError
-from convsweep.search.ask_ahead import NOT_STARTED, AskAheadLoop
+from convsweep.search.ask_ahead import AskAheadLoop
 from convsweep.search.lease import LEASE, Lease
 from convsweep.search.objective import TrialSteps
 from convsweep.search.preflight import prepare_sweep, resolve_ask_ahead
+from convsweep.search.run_records import NOT_STARTED
 from convsweep.search.schema import check_config
 from convsweep.search.storage import resolve_locations
 from convsweep.search.studies import ensure_study_exists
+from convsweep.search.summary import summarize
 from convsweep.search.sweep import run_sweep
 from convsweep.search.workers import TRIAL_ERRORS
 
@@ -114,6 +117,9 @@ def test_an_interrupt_ends_the_current_trial_and_the_waiting_one_is_not_started(
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] + [optuna.trial.TrialState.FAIL] * 2
     assert trials[2].user_attrs["reason"] == f"{NOT_STARTED}: interrupted"
     assert budget.given_back == 1 and budget.left == 5 - 3 + 1  # the trial that never started does not count
+    summary = summarize(study, 0, "parent", resolve_locations(OmegaConf.create({"run_dir": "unused"})), False,
+                        owners={os.getpid()}, crashed=[])
+    assert (summary.n_complete, summary.n_failed, summary.n_not_started, summary.status) == (1, 2, 1, "FINISHED")
 
 
 def test_a_timeout_while_a_trial_waits_ends_it_not_started() -> None:
