@@ -67,6 +67,7 @@ class AskAheadLoop:
             before_each: called before each trial starts (the main process watches its workers there).
         """
         pending: Future[_Asked] | None = None
+        current: _Asked | None = None  # asked, not yet handed to `_run`
         with ThreadPoolExecutor(1, thread_name_prefix="convsweep-ask-ahead") as asker:
             try:
                 while True:
@@ -75,18 +76,22 @@ class AskAheadLoop:
                         if expired() or not claim():
                             return
                         pending = asker.submit(self._ask)
-                    asking, pending = pending, None
-                    current = asking.result()
+                    current, pending = pending.result(), None
                     if expired():
-                        self._abandon(current, f"{NOT_STARTED}: search.timeout passed while it waited", give_back)
+                        waited, current = current, None
+                        self._abandon(waited, f"{NOT_STARTED}: search.timeout passed while it waited", give_back)
                         return
                     if claim():
                         pending = asker.submit(self._ask)  # asked and sampled while `current` trains
-                    self._run(current)
+                    running, current = current, None
+                    self._run(running)
             except BaseException as exc:
+                why = f"{NOT_STARTED}: " + ("interrupted" if isinstance(exc, KeyboardInterrupt)
+                                            else f"the worker stopped ({type(exc).__name__})")
+                if current is not None:
+                    self._abandon(current, why, give_back)
                 if pending is not None:
-                    why = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"the worker stopped ({type(exc).__name__})"
-                    self._abandon_pending(pending, f"{NOT_STARTED}: {why}", give_back)
+                    self._abandon_pending(pending, why, give_back)
                 raise
 
     def _abandon_pending(self, pending: Future[_Asked], reason: str, give_back: Callable[[], None]) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -16,13 +18,17 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from rich.console import Console
 
+from convsweep.dashboards.leaderboard import WORKER_LOST, trial_reason
 from convsweep.errors import ConvsweepError
 from convsweep.search.ask_ahead import AskAheadLoop
 from convsweep.search.lease import LEASE, Lease
 from convsweep.search.objective import TrialSteps
 from convsweep.search.preflight import prepare_sweep, resolve_ask_ahead
+from convsweep.search.recovery import lost_trials_of, recover
 from convsweep.search.run_records import NOT_STARTED
 from convsweep.search.schema import check_config
 from convsweep.search.storage import resolve_locations
@@ -211,3 +217,47 @@ def test_a_sweep_that_asks_ahead_records_every_trial_once(tiny_cfg) -> None:
         expected = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[t.state.name]
         assert runs[t.number].info.status == expected
         assert runs[t.number].data.params["seed"] == str(int(cfg.search.seed) + t.number)
+
+
+KILLED_WORKER = """
+import sys, threading, time
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from convsweep.search.ask_ahead import AskAheadLoop
+from convsweep.search.lease import Lease
+from convsweep.search.objective import TrialSteps
+from convsweep.search.workers import TRIAL_ERRORS
+
+study = optuna.create_study(study_name="killed", storage=JournalStorage(JournalFileBackend(sys.argv[1])))
+asked = [threading.Event() for _ in range(3)]
+
+def sample(trial):
+    x = trial.suggest_float("x", 0.0, 1.0)
+    asked[trial.number].set()
+    return x
+
+def run(trial, x):
+    asked[1].wait()
+    print("trial 0 runs, trial 1 waits", flush=True)
+    time.sleep(3600)  # killed here
+
+AskAheadLoop(study, TrialSteps(lambda t: Lease(t, 3600.0), sample, run), [], TRIAL_ERRORS).run(
+    lambda: True, lambda: None, lambda: False)
+"""
+
+
+def test_a_killed_worker_loses_its_waiting_trial_too_and_both_are_given_back(tmp_path: Path, mlflow_client: Any) -> None:
+    journal = tmp_path / "journal.log"
+    worker = subprocess.Popen([sys.executable, "-c", KILLED_WORKER, str(journal)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "trial 0 runs, trial 1 waits"
+    finally:
+        worker.kill()
+        worker.wait()
+    study = optuna.load_study(study_name="killed", storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert [t.state.name for t in study.get_trials()] == ["RUNNING", "RUNNING"]
+    ended = recover(study, mlflow_client, None, grace_period=3600, retry=False, journal=True)
+    assert ended == [0, 1]  # found by the lease's pid at once, without waiting for the grace period
+    assert [trial_reason(t) for t in study.get_trials()] == [WORKER_LOST] * 2
+    assert lost_trials_of(study, worker.pid) == 2  # what the sweep gives back to its budget: both were claimed
