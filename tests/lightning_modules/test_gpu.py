@@ -92,9 +92,13 @@ def test_a_capture_that_fails_on_the_device_falls_back_and_the_trial_goes_on(mon
 def test_a_sweeps_trials_record_cuda_and_graphs(tmp_path: Path) -> None:
     cfg = compose_config(["dataset=digits", "search.study_name=gpu", "search.n_trials=2", "trainer.max_epochs=2",
                           "pruner=none", "search_space.depth.high=2", f"tracking.run_dir={tmp_path / 'runs'}"])
-    run_sweep(prepare_sweep(cfg), Console(quiet=True))
+    plan = prepare_sweep(cfg)
+    assert plan.cfg.search.ask_ahead is True  # auto: on for CUDA
+    run_sweep(plan, Console(quiet=True))
     loc = resolve_locations(cfg.tracking)
-    done = [t for t in ensure_study_exists(loc, "gpu").trials if t.state == optuna.trial.TrialState.COMPLETE]
+    trials = ensure_study_exists(loc, "gpu").trials
+    assert len(trials) == 2 and all(t.state.is_finished() for t in trials)  # ask-ahead leaves no trial waiting
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert done and all(t.user_attrs["device"] == "cuda" and t.user_attrs["cuda_graphs"] is True for t in done)
     client = MlflowClient(loc.mlflow_uri)
     runs = client.search_runs([client.get_experiment_by_name(str(cfg.tracking.experiment_name)).experiment_id],
