@@ -154,6 +154,19 @@ def trial_reason(trial: FrozenTrial) -> str | None:
     return WORKER_LOST if trial.state == TrialState.FAIL else None
 
 
+MODEL_URI = "convsweep.model_uri"  # a trial run's tag: its logged model, set once the model is in the store
+
+
+def trial_model_uri(client: Any, trial: FrozenTrial) -> str | None:
+    """A trial's logged model: its run's `convsweep.model_uri` tag (search/model_queue.py logs models after the
+    trial ends), or the `model_uri` attr of studies made before that; None when it has none, or not yet."""
+    uri = trial.user_attrs.get("model_uri")
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if uri or not run_id:
+        return uri
+    return client.get_run(run_id).data.tags.get(MODEL_URI)
+
+
 def refused_before_training(trial: FrozenTrial) -> bool:
     """A trial pruned before its first epoch because its architecture cannot be built or is over budget."""
     return trial.state == TrialState.PRUNED and bool(trial.user_attrs.get("invalid_reason"))

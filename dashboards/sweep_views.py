@@ -17,7 +17,7 @@ import optuna
 from rich.console import Console
 
 from convsweep.dashboards.cnn_views import log_cnn_views
-from convsweep.dashboards.leaderboard import ranked_trials
+from convsweep.dashboards.leaderboard import ranked_trials, trial_model_uri
 from convsweep.dashboards.study_plots import log_study_plots
 from convsweep.lightning_modules.data import ImageData
 from convsweep.lightning_modules.saved_model import load_logged_net
@@ -39,7 +39,7 @@ def log_sweep_views(study: optuna.Study, client: Any, parent_run_id: str, metric
         if skipped:
             console.print(f"plots skipped (reasons in plots/notes.txt): {', '.join(skipped)}")
         for trial in ranked_trials(study, top_k) if data is not None else ():
-            uri, run_id = trial.user_attrs.get("model_uri"), trial.user_attrs.get("mlflow_run_id")
+            uri, run_id = trial_model_uri(client, trial), trial.user_attrs.get("mlflow_run_id")
             if not uri or not run_id:
                 console.print(f"CNN views skipped for trial {trial.number}: no logged model "
                               "(search.log_models=all logs every one)")

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 import optuna
 
+from convsweep.search.interrupts import deferred
 from convsweep.search.objective import TrialSteps
 from convsweep.search.run_records import NOT_STARTED
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
@@ -68,21 +69,26 @@ class AskAheadLoop:
         """
         pending: Future[_Asked] | None = None
         current: _Asked | None = None  # asked, not yet handed to `_run`
-        with ThreadPoolExecutor(1, thread_name_prefix="convsweep-ask-ahead") as asker:
+        with warnings.catch_warnings(), ThreadPoolExecutor(1, thread_name_prefix="convsweep-ask-ahead") as asker:
+            # set once here: `catch_warnings` in the asker thread would race the training thread's filters
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # fail_stale_trials
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")  # "...used with Study.optimize": the lease beats
             try:
                 while True:
                     before_each()
                     if pending is None:
-                        if expired() or not claim():
-                            return
-                        pending = asker.submit(self._ask)
+                        with deferred():  # a claim is never lost between the budget and the ask
+                            if expired() or not claim():
+                                return
+                            pending = asker.submit(self._ask)
                     current, pending = pending.result(), None
                     if expired():
-                        waited, current = current, None
-                        self._abandon(waited, f"{NOT_STARTED}: search.timeout passed while it waited", give_back)
+                        self._abandon(current, f"{NOT_STARTED}: search.timeout passed while it waited", give_back)
+                        current = None
                         return
-                    if claim():
-                        pending = asker.submit(self._ask)  # asked and sampled while `current` trains
+                    with deferred():
+                        if claim():
+                            pending = asker.submit(self._ask)  # asked and sampled while `current` trains
                     running, current = current, None
                     self._run(running)
             except BaseException as exc:
@@ -105,12 +111,8 @@ class AskAheadLoop:
 
     def _ask(self) -> _Asked:
         """Ask a trial, lease it and sample its architecture (in the asker thread)."""
-        with warnings.catch_warnings():  # as study.optimize does before each trial; a no-op on the journal file
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(self.study)
-        with warnings.catch_warnings():  # "Heartbeat of storage is supposed to be used with Study.optimize": the lease beats
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            trial = self.study.ask()
+        optuna.storages.fail_stale_trials(self.study)  # as study.optimize does before each trial; a no-op on the journal
+        trial = self.study.ask()
         asked = _Asked(trial, contextlib.ExitStack())
         try:
             asked.lease.enter_context(self.steps.lease(trial))
@@ -120,7 +122,8 @@ class AskAheadLoop:
         return asked
 
     def _run(self, asked: _Asked) -> None:
-        """Run one trial, tell the study how it ended and call the callbacks; re-raise what `catch` does not cover."""
+        """Run one trial and tell the study how it ended; re-raise what `catch` does not cover (before the
+        callbacks, as study.optimize does), else call the callbacks with the finished trial."""
         values: Any = None
         state: optuna.trial.TrialState | None = None
         error: BaseException | None = None
@@ -133,20 +136,29 @@ class AskAheadLoop:
             state, error = optuna.trial.TrialState.PRUNED, exc
         except (Exception, KeyboardInterrupt) as exc:
             state, error = optuna.trial.TrialState.FAIL, exc
-        frozen = self._tell(asked.trial, values, state)
-        for callback in self.callbacks:
-            callback(self.study, frozen)
+        with deferred():
+            frozen = self._tell(asked.trial, values, state)
         if state == optuna.trial.TrialState.FAIL and error is not None and not isinstance(error, self.catch):
             raise error
+        for callback in self.callbacks:
+            callback(self.study, frozen)
 
     def _abandon(self, asked: _Asked, reason: str, give_back: Callable[[], None]) -> None:
-        """End a trial that was asked ahead but never ran: FAIL with `reason`, back to the budget."""
-        with asked.lease:
-            with contextlib.suppress(Exception):  # the store may be what failed: a recovery ends it then
-                asked.trial.set_user_attr("reason", reason)
-        with contextlib.suppress(Exception):
-            self._tell(asked.trial, None, optuna.trial.TrialState.FAIL)
-        give_back()
+        """End a trial that was asked ahead but never ran: FAIL with `reason`, back to the budget.
+
+        If the store fails here the trial stays RUNNING and keeps its claim: the recovery ends it
+        `worker lost` and gives it back then, so it is never given back twice.
+        """
+        with deferred():
+            with asked.lease:
+                with contextlib.suppress(Exception):
+                    asked.trial.set_user_attr("reason", reason)
+            try:
+                frozen = self._tell(asked.trial, None, optuna.trial.TrialState.FAIL)
+            except Exception:  # noqa: BLE001 - the error that stops the loop is the one to raise
+                return
+            if frozen.state == optuna.trial.TrialState.FAIL and str(frozen.user_attrs.get("reason", "")).startswith(NOT_STARTED):
+                give_back()
 
     def _tell(self, trial: optuna.Trial, values: Any, state: optuna.trial.TrialState | None) -> optuna.trial.FrozenTrial:
         """Tell the study; a trial already ended (a recovery failed it as lost) keeps its state."""

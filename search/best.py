@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
 
-from convsweep.dashboards.leaderboard import failure_counts, format_cost
+from convsweep.dashboards.leaderboard import failure_counts, format_cost, trial_model_uri
 from convsweep.errors import ConvsweepError
 from convsweep.search.masking import to_yaml
 from convsweep.search.readback import trial_config
@@ -129,7 +129,7 @@ def export_best(cfg: DictConfig, output: str, register: str | None, console: Con
     Path(output).write_text(header + to_yaml(best_cfg, omit_secrets=True))
     console.print(f"wrote {output}; train it with: convsweep train --config-file {output}")
     if register:
-        uri = best.user_attrs.get("model_uri")
+        uri = trial_model_uri(client, best)
         if not uri:
             raise ConvsweepError(f"trial {best.number} has no logged model (search.log_models=none?); "
                                  f"use `convsweep evaluate --study {study.study_name} --register {register}`")

@@ -52,7 +52,8 @@ class SweepProgress:
 
     def _line(self, t: optuna.trial.FrozenTrial) -> Text:
         colour = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red"}.get(t.state.name, "white")
-        duration = t.duration.total_seconds() if t.duration else 0.0
+        # the trial's own training time: with search.ask_ahead its Optuna duration includes its wait
+        duration = t.user_attrs.get("duration_s") or (t.duration.total_seconds() if t.duration else 0.0)
         detail = self._detail(t)
         return Text.assemble((f"trial {t.number:>3} ", "bold"), (f"{t.state.name:<8}", colour),
                              f" {detail}  ({duration:.1f} s)")

@@ -20,6 +20,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna_integration import PyTorchLightningPruningCallback
 
+from convsweep.dashboards.leaderboard import MODEL_URI
 from convsweep.lightning_modules.arch import ArchSpec, OptimSpec
 from convsweep.lightning_modules.latency import inference_latency_ms
 from convsweep.lightning_modules.network import ArchitectureError, NetworkPlan, plan_convnet
@@ -30,6 +31,7 @@ from convsweep.search.environment import environment_record
 from convsweep.search.lease import Lease
 from convsweep.search.masking import to_yaml
 from convsweep.search.model_logging import log_model
+from convsweep.search.model_queue import ModelQueue
 from convsweep.search.preflight import Objective, SweepPlan, sweep_objectives
 from convsweep.search.interrupts import deferred
 
@@ -124,9 +126,12 @@ class TrialSteps:
     run: Callable[[optuna.Trial, tuple[ArchSpec, OptimSpec]], float | tuple[float, ...]]
 
 
-def make_objective(sweep: SweepPlan) -> Callable[[optuna.Trial], float | tuple[float, ...]]:
-    """Build `objective(trial) -> float` (or a tuple, one value per `search.objectives`) for `study.optimize`."""
-    steps = make_trial_steps(sweep)
+def make_objective(sweep: SweepPlan, models: ModelQueue | None = None) -> Callable[[optuna.Trial], float | tuple[float, ...]]:
+    """Build `objective(trial) -> float` (or a tuple, one value per `search.objectives`) for `study.optimize`.
+
+    With `models`, trial models are logged in its background thread (the caller drains it); without, in turn.
+    """
+    steps = make_trial_steps(sweep, models=models)
 
     def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
         with steps.lease(trial):
@@ -135,13 +140,14 @@ def make_objective(sweep: SweepPlan) -> Callable[[optuna.Trial], float | tuple[f
     return objective
 
 
-def make_trial_steps(sweep: SweepPlan, ask_ahead: bool = False) -> TrialSteps:
+def make_trial_steps(sweep: SweepPlan, ask_ahead: bool = False, models: ModelQueue | None = None) -> TrialSteps:
     """The steps of the sweep's trials.
 
     Args:
         sweep: the sweep.
         ask_ahead: the trials are asked outside `study.optimize`, whose thread beats for RDB
             storages: the lease's thread then beats on every storage.
+        models: logs trial models in the background (search/model_queue.py); None logs them in turn.
     """
     cfg, data, client = sweep.cfg, sweep.data, sweep.client
     metric, maximize = str(cfg.search.metric), cfg.search.direction == "maximize"
@@ -197,7 +203,7 @@ def make_trial_steps(sweep: SweepPlan, ask_ahead: bool = False) -> TrialSteps:
                                  direction=str(cfg.search.direction), callbacks=callbacks, history=history)
         except DivergedError as exc:  # a NaN loss is a result of these params, like a pruned trial: not an error
             raise optuna.TrialPruned(str(exc)) from None
-        return _complete(sweep, trial, run_id, result, objectives, cost)
+        return _complete(sweep, trial, run_id, result, objectives, cost, models)
 
     return TrialSteps(lease, sweep.space.sample, run)
 
@@ -233,9 +239,10 @@ def _reject(trial: optuna.Trial, reason: str, mode: str) -> NoReturn:
 
 
 def _complete(sweep: SweepPlan, trial: optuna.Trial, run_id: str, result: TrainResult, objectives: list[Objective],
-              cost: dict[str, float]) -> float | tuple[float, ...]:
+              cost: dict[str, float], models: ModelQueue | None) -> float | tuple[float, ...]:
     """Record a finished fit; log its model if it is the study's best so far, or joins the Pareto front (or always,
-    if asked). Returns the metric, or one value per objective in order."""
+    if asked): in `models`' background thread when given, the run then ending once the model is in. Returns the
+    metric, or one value per objective in order."""
     metric, client = str(sweep.cfg.search.metric), sweep.client
     value = float(result.best_value)
     measured = ({"model/latency_ms": inference_latency_ms(result.model, sweep.data.input_shape, result.device)}
@@ -243,17 +250,21 @@ def _complete(sweep: SweepPlan, trial: optuna.Trial, run_id: str, result: TrainR
     values = [value] + [{**cost, **measured}[o.name] for o in objectives[1:]]
     metrics = {**summary_metrics(result.history, metric, objectives[0].direction == "maximize"),
                "duration_s": result.duration_s, **measured}
-    mode = sweep.cfg.search.log_models
-    if mode == "all" or (mode == "best" and not _beaten(trial.study, values, len(values))):
-        with deferred():
-            trial.set_user_attr("model_uri", log_model(run_id, result.model, sweep.data.input_shape))
     trial.set_user_attr("device", result.device)
     trial.set_user_attr("duration_s", result.duration_s)
     trial.set_user_attr("cuda_graphs", result.cuda_graphs)
-    graph_tags = {"cuda_graphs": result.cuda_graphs}  # and why not, when they were asked for (trainer.cuda_graphs)
+    tags = {"device": result.device, "best_epoch": result.best_epoch,
+            "cuda_graphs": result.cuda_graphs}  # and why not, when they were asked for (trainer.cuda_graphs)
     if result.fallback_reason:
         trial.set_user_attr("cuda_graphs_fallback", result.fallback_reason)
-        graph_tags["cuda_graphs.fallback_reason"] = result.fallback_reason
-    rr.finish_run(client, run_id, "COMPLETE", metrics,
-                  {"device": result.device, "best_epoch": result.best_epoch, **graph_tags})
+        tags["cuda_graphs.fallback_reason"] = result.fallback_reason
+    mode = sweep.cfg.search.log_models
+    if mode == "all" or (mode == "best" and not _beaten(trial.study, values, len(values))):
+        model = result.model.to("cpu")  # here, not in the logging thread, which must not touch CUDA
+        if models is not None:
+            models.log_and_finish(client, run_id, model, sweep.data.input_shape, metrics, tags)
+            return value if len(values) == 1 else tuple(values)
+        with deferred():
+            tags[MODEL_URI] = log_model(run_id, model, sweep.data.input_shape)
+    rr.finish_run(client, run_id, "COMPLETE", metrics, tags)
     return value if len(values) == 1 else tuple(values)

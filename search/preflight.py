@@ -19,7 +19,7 @@ from convsweep.errors import ConvsweepError
 from convsweep.lightning_modules.data import ImageData, load_dataset
 from convsweep.search.allowlist import safe_instantiate
 from convsweep.search.baselines import check_baselines
-from convsweep.search.samplers import GRID_SAMPLER, make_sampler
+from convsweep.search.samplers import GP_SAMPLER, GRID_SAMPLER, make_sampler
 from convsweep.search.space import SearchSpace, parse_space
 from convsweep.search.storage import Locations, init_mlflow, open_optuna_storage, resolve_locations
 from convsweep.search.store_prewarm import StorePrewarm
@@ -152,17 +152,20 @@ def resolve_ask_ahead(cfg: DictConfig) -> bool:
 
     auto: on for CUDA, where a trial lasts seconds and the sampler's 0.1-0.3 s matters; off on CPU, where
     trials last tens of seconds and the asking thread would take a core from training. Never with
-    sampler=grid: Optuna's BruteForceSampler ends the search with `study.stop()`, which only
-    `study.optimize` can take, and walking a grid costs little anyway.
+    sampler=grid (Optuna's BruteForceSampler ends the search with `study.stop()`, which only
+    `study.optimize` can take) or sampler=gp (Optuna's GPSampler sets torch's thread count and
+    environment variables while it samples, which would change them under the training thread).
     """
-    grid = cfg.sampler.get("_target_") == GRID_SAMPLER
-    if cfg.search.ask_ahead is True and grid:
-        raise ConvsweepError("search.ask_ahead=true does not work with sampler=grid (its search ends with "
-                             "study.stop(), which needs study.optimize); use search.ask_ahead=auto or false")
+    target = cfg.sampler.get("_target_")
+    unfit = {GRID_SAMPLER: "grid (its search ends with study.stop(), which needs study.optimize)",
+             GP_SAMPLER: "gp (it sets torch's thread count while it samples, under the training thread)"}.get(target)
+    if cfg.search.ask_ahead is True and unfit:
+        raise ConvsweepError(f"search.ask_ahead=true does not work with sampler={unfit}; "
+                             "use search.ask_ahead=auto or false")
     if cfg.search.ask_ahead == "auto":
         from convsweep.lightning_modules.runner import resolve_device  # noqa: PLC0415 - torch only when a sweep runs
 
-        cfg.search.ask_ahead = not grid and resolve_device(str(cfg.trainer.accelerator)) == "cuda"
+        cfg.search.ask_ahead = not unfit and resolve_device(str(cfg.trainer.accelerator)) == "cuda"
     return bool(cfg.search.ask_ahead)
 
 

@@ -14,6 +14,7 @@ from convsweep.search.allowlist import safe_instantiate
 from convsweep.search.space import SearchSpace
 
 GRID_SAMPLER = "optuna.samplers.BruteForceSampler"  # sampler=grid: walks conditional spaces, every depth
+GP_SAMPLER = "optuna.samplers.GPSampler"
 
 
 def sampler_seed(seed: int, worker: int, n_existing: int, host: str | None = None) -> int:

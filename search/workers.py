@@ -26,6 +26,7 @@ from convsweep.lightning_modules.worker_budget import set_worker_threads
 from convsweep.search.ask_ahead import AskAheadLoop, deadline_passed
 from convsweep.search.interrupts import interrupt_on_signals
 from convsweep.search.masking import mask_uri
+from convsweep.search.model_queue import ModelQueue
 from convsweep.search.objective import make_objective, make_trial_steps
 from convsweep.search.parent_run import best_tags_callback
 from convsweep.search.preflight import SweepPlan, space_source
@@ -98,16 +99,20 @@ def run_trials(plan: SweepPlan, study: optuna.Study, budget: Budget, deadline: f
     set_threads(plan.cfg)
     callbacks = [best_tags_callback(plan.client, str(plan.parent_run_id), str(plan.cfg.search.metric)),
                  budget.after_trial]
-    if plan.cfg.search.ask_ahead is True:  # resolved in preflight (`resolve_ask_ahead`)
-        loop = AskAheadLoop(study, make_trial_steps(plan, ask_ahead=True), callbacks, TRIAL_ERRORS)
-        loop.run(budget.take, lambda: budget.give_back(1), deadline_passed(deadline), before_each)
-        return
-    objective = make_objective(plan)
-    while True:
-        before_each()
-        if (deadline is not None and time.time() >= deadline) or not budget.take():
+    models = ModelQueue()  # trial models are logged while the next trial trains
+    try:
+        if plan.cfg.search.ask_ahead is True:  # resolved in preflight (`resolve_ask_ahead`)
+            loop = AskAheadLoop(study, make_trial_steps(plan, ask_ahead=True, models=models), callbacks, TRIAL_ERRORS)
+            loop.run(budget.take, lambda: budget.give_back(1), deadline_passed(deadline), before_each)
             return
-        study.optimize(objective, n_trials=1, catch=TRIAL_ERRORS, callbacks=callbacks, gc_after_trial=False)
+        objective = make_objective(plan, models)
+        while True:
+            before_each()
+            if (deadline is not None and time.time() >= deadline) or not budget.take():
+                return
+            study.optimize(objective, n_trials=1, catch=TRIAL_ERRORS, callbacks=callbacks, gc_after_trial=False)
+    finally:
+        models.close()  # every model in the store and its run ended, Ctrl-C included, before the sweep's end
 
 
 def set_threads(cfg: DictConfig) -> int:

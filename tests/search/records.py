@@ -4,6 +4,7 @@ in its stores, and check that the record it leaves is true."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -17,7 +18,10 @@ from mlflow.tracking import MlflowClient
 
 from convsweep.dashboards.leaderboard import ranked_trials, trial_reason
 from convsweep.search import run_records as rr
-from convsweep.search.storage import Locations, StorageError, open_optuna_storage
+from convsweep.search.lease import LEASE
+from convsweep.search.recovery import lost_trial_callback
+from convsweep.search.storage import (Locations, StorageError, init_mlflow, open_optuna_storage,
+                                      resolve_locations)
 from convsweep.search.studies import ensure_study_exists
 
 TS = optuna.trial.TrialState
@@ -113,3 +117,34 @@ def check_true_record(loc: Locations, study_name: str, experiment_name: str | No
         assert tags["best.run_id"] == best[0].user_attrs["mlflow_run_id"]
         assert tags["best.trial_number"] == str(best[0].number)
     return trials
+
+
+class Stores:
+    """A study and an MLflow store (a copy of the session's migrated one), with trials left RUNNING as a killed
+    worker leaves them."""
+
+    def __init__(self, migrated_mlflow_db: Path, run_dir: Path, optuna_url: str | None = None,
+                 **storage_kwargs: object) -> None:
+        run_dir.mkdir(parents=True)
+        shutil.copy(migrated_mlflow_db, run_dir / "mlflow.db")
+        self.loc = resolve_locations({"run_dir": str(run_dir), "optuna_storage": optuna_url})
+        self.client = init_mlflow(self.loc)
+        self.exp = self.client.create_experiment("s")
+        self.study = optuna.create_study(study_name="s", direction="maximize", storage=open_optuna_storage(
+            self.loc, stale_trial_callback=lost_trial_callback(self.client, lambda: self.exp, retry=True),
+            **storage_kwargs))  # type: ignore[arg-type]
+
+    def running(self, lease: dict | None, record_run_id: bool = True) -> optuna.trial.FrozenTrial:
+        trial = self.study.ask()
+        trial.suggest_int("depth", 1, 3)
+        run_id = rr.start_child_run(self.client, self.exp, None, f"trial-{trial.number}", "trial", params={},
+                                    tags={rr.STUDY: "s", rr.TRIAL: trial.number}, config_yaml="")
+        if record_run_id:
+            trial.set_user_attr("mlflow_run_id", run_id)
+        if lease is not None:
+            trial.set_user_attr(LEASE, lease)
+        return self.study.trials[trial.number]
+
+    def run_of(self, trial: optuna.trial.FrozenTrial):  # noqa: ANN201 - an MLflow Run
+        (run,) = self.client.search_runs([self.exp], filter_string=f"tags.`{rr.TRIAL}` = '{trial.number}'")
+        return run

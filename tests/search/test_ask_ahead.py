@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -170,32 +171,89 @@ def test_errors_end_their_trial_and_only_uncaught_ones_stop_the_loop() -> None:
 
 
 def test_a_trial_asked_ahead_beats_optunas_rdb_heartbeat_while_it_waits(tmp_path: Path) -> None:
-    """study.optimize beats only for the trial it runs; a trial waiting its turn beats through its lease."""
+    """study.optimize beats only for the trial it runs; a trial waiting its turn beats through its lease, again
+    and again (its heartbeat's time moves on), so Optuna's stale-trial check leaves it RUNNING."""
     db = tmp_path / "optuna.db"
     storage = optuna.storages.RDBStorage(f"sqlite:///{db}", heartbeat_interval=60, grace_period=120)
     study = optuna.create_study(storage=storage, study_name="beat")
-    asked, beating = events(), {}
+    asked, seen = events(), {}
+
+    def beats() -> dict[int, str]:
+        with sqlite3.connect(db) as conn:
+            return dict(conn.execute("SELECT trial_id, heartbeat FROM trial_heartbeats").fetchall())
 
     def run(trial: optuna.Trial, x: float) -> float:
         if trial.number == 0:
             wait_for(asked[1])
-            with sqlite3.connect(db) as conn:
-                beating["ids"] = {row[0] for row in conn.execute("SELECT trial_id FROM trial_heartbeats")}
+            waiting = study.get_trials(deepcopy=False)[1]._trial_id  # noqa: SLF001 - the heartbeat table's key
+            first = beats()
+            seen["ids"] = set(first)
+            deadline = time.monotonic() + WAIT_S
+            while beats().get(waiting) == first.get(waiting):  # the event: the waiting trial's lease beat again
+                assert time.monotonic() < deadline, "the waiting trial's heartbeat never moved on"
+                time.sleep(0.05)
+            optuna.storages.fail_stale_trials(study)
+            seen["waiting"] = study.get_trials(deepcopy=False)[1].state
         return x
 
     budget = Budget(2)
-    loop(study, steps(run, asked, rdb=True)).run(budget.take, budget.give_back, lambda: False)
-    ids = {t._trial_id for t in study.get_trials()}  # noqa: SLF001 - the heartbeat table keys on the storage's id
-    assert beating["ids"] == ids  # both: the running trial and the one asked ahead
+    trial_steps = steps(run, asked, rdb=True)
+    loop(study, TrialSteps(lambda trial: Lease(trial, 0.2, rdb_heartbeat=True), trial_steps.sample, trial_steps.run)
+         ).run(budget.take, budget.give_back, lambda: False)
+    ids = {t._trial_id for t in study.get_trials()}  # noqa: SLF001
+    assert seen["ids"] == ids  # both: the running trial and the one asked ahead
+    assert seen["waiting"] == optuna.trial.TrialState.RUNNING
     assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "COMPLETE"]
 
 
-def test_ask_ahead_resolves_auto_refuses_grid_and_is_typed(tiny_cfg) -> None:
-    cfg = tiny_cfg()
+def test_an_ask_that_fails_gives_its_claim_back_once_and_leaves_no_trial_running() -> None:
+    study = optuna.create_study()
+    real_ask, asks = study.ask, []
+
+    def ask(*args: Any, **kwargs: Any) -> optuna.Trial:
+        asks.append(1)
+        if len(asks) == 2:
+            raise RuntimeError("store unreachable")
+        return real_ask(*args, **kwargs)
+
+    study.ask = ask  # type: ignore[method-assign]
+    budget = Budget(5)
+    with pytest.raises(RuntimeError, match="store unreachable"):
+        loop(study, steps(lambda trial, x: x)).run(budget.take, budget.give_back, lambda: False)
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]
+    assert budget.given_back == 1 and budget.left == 5 - 2 + 1
+
+
+def test_a_waiting_trial_that_cannot_be_told_keeps_its_claim_for_the_recovery() -> None:
+    """Given back only once it is recorded `not started`; else the recovery ends it `worker lost` and gives it back."""
+    study = optuna.create_study()
+    asked, real_tell = events(), study.tell
+
+    def tell(trial: Any, values: Any = None, state: Any = None, **kwargs: Any) -> Any:
+        if state == optuna.trial.TrialState.FAIL and getattr(trial, "number", None) == 1:
+            raise RuntimeError("store unreachable")
+        return real_tell(trial, values, state=state, **kwargs)
+
+    def run(trial: optuna.Trial, x: float) -> float:
+        wait_for(asked[1])
+        raise KeyboardInterrupt
+
+    study.tell = tell  # type: ignore[method-assign]
+    budget = Budget(5)
+    with pytest.raises(KeyboardInterrupt):
+        loop(study, steps(run, asked)).run(budget.take, budget.give_back, lambda: False)
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "RUNNING"]
+    assert budget.given_back == 0
+
+
+def test_ask_ahead_resolves_auto_refuses_grid_and_gp_and_is_typed(tiny_cfg) -> None:
+    cfg = tiny_cfg("trainer.accelerator=cpu")
     assert cfg.search.ask_ahead == "auto"
-    assert resolve_ask_ahead(cfg) is False and cfg.search.ask_ahead is False  # this machine has no CUDA
-    with pytest.raises(ConvsweepError, match="search.ask_ahead=true does not work with sampler=grid"):
-        resolve_ask_ahead(tiny_cfg("search.ask_ahead=true", "sampler=grid"))
+    assert resolve_ask_ahead(cfg) is False and cfg.search.ask_ahead is False  # auto: off on CPU
+    for sampler in ("grid", "gp"):
+        with pytest.raises(ConvsweepError, match=f"search.ask_ahead=true does not work with sampler={sampler} "):
+            resolve_ask_ahead(tiny_cfg("search.ask_ahead=true", f"sampler={sampler}"))
+        assert resolve_ask_ahead(tiny_cfg(f"sampler={sampler}")) is False  # auto, whatever the device
     assert resolve_ask_ahead(tiny_cfg("search.ask_ahead=true")) is True
     bad = tiny_cfg()
     OmegaConf.update(bad, "search.ask_ahead", "sometimes")

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from rich.console import Console
 
+from convsweep.dashboards.leaderboard import trial_model_uri
 from convsweep.errors import ConvsweepError
 from convsweep.search import run_records as rr
 from convsweep.search.cli import main
@@ -60,7 +61,7 @@ def test_a_multi_objective_sweep_leaves_a_pareto_set_in_best_and_mlflow(tiny_cfg
         assert run.data.metrics["model/params"] == t.values[1]
         assert run.data.metrics["val/acc_best"] == pytest.approx(t.values[0])
         assert run.data.tags[rr.STATE] == "COMPLETE"
-    assert all(t.user_attrs.get("model_uri") for t in front)  # every front trial can be registered
+    assert all(trial_model_uri(client, t) for t in front)  # every front trial can be registered
 
     single = tiny_cfg("sampler=grid", study="mo")  # the same study with one objective: refused, nothing runs
     single.search_space = OmegaConf.create(WIDTH_ONLY_SPACE)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,15 +28,15 @@ from convsweep.search import run_records as rr
 from convsweep.search.cli import main
 from convsweep.search.lease import LEASE, Lease, pid_alive, this_host
 from convsweep.search.preflight import prepare_sweep
-from convsweep.search.recovery import lost_trial_callback, lost_trials_of, recover
+from convsweep.search.recovery import lost_trials_of, recover
 from convsweep.search.run_records import INTERRUPTED
-from convsweep.search.storage import init_mlflow, open_optuna_storage, resolve_locations
+from convsweep.search.storage import resolve_locations
 from convsweep.search.studies import ensure_study_exists
 from convsweep.search.sweep import run_sweep
 from convsweep.search import workers
 from convsweep.search.workers import Budget
 from tests.search.conftest import tiny_overrides
-from tests.search.records import (EVENT_TIMEOUT_S, check_true_record, parent_run, start_sweep, wait_for_epoch,
+from tests.search.records import (EVENT_TIMEOUT_S, Stores, check_true_record, parent_run, start_sweep, wait_for_epoch,
                                   thread_stacks, wait_for_trial_epoch)
 
 TS = optuna.trial.TrialState
@@ -49,37 +48,6 @@ def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
-
-
-class Stores:
-    """A study and an MLflow store (a copy of the session's migrated one), with trials left RUNNING as a killed
-    worker leaves them."""
-
-    def __init__(self, migrated_mlflow_db: Path, run_dir: Path, optuna_url: str | None = None,
-                 **storage_kwargs: object) -> None:
-        run_dir.mkdir(parents=True)
-        shutil.copy(migrated_mlflow_db, run_dir / "mlflow.db")
-        self.loc = resolve_locations({"run_dir": str(run_dir), "optuna_storage": optuna_url})
-        self.client = init_mlflow(self.loc)
-        self.exp = self.client.create_experiment("s")
-        self.study = optuna.create_study(study_name="s", direction="maximize", storage=open_optuna_storage(
-            self.loc, stale_trial_callback=lost_trial_callback(self.client, lambda: self.exp, retry=True),
-            **storage_kwargs))  # type: ignore[arg-type]
-
-    def running(self, lease: dict | None, record_run_id: bool = True) -> optuna.trial.FrozenTrial:
-        trial = self.study.ask()
-        trial.suggest_int("depth", 1, 3)
-        run_id = rr.start_child_run(self.client, self.exp, None, f"trial-{trial.number}", "trial", params={},
-                                    tags={rr.STUDY: "s", rr.TRIAL: trial.number}, config_yaml="")
-        if record_run_id:
-            trial.set_user_attr("mlflow_run_id", run_id)
-        if lease is not None:
-            trial.set_user_attr(LEASE, lease)
-        return self.study.trials[trial.number]
-
-    def run_of(self, trial: optuna.trial.FrozenTrial):  # noqa: ANN201 - an MLflow Run
-        (run,) = self.client.search_runs([self.exp], filter_string=f"tags.`{rr.TRIAL}` = '{trial.number}'")
-        return run
 
 
 def test_recover_ends_trials_whose_owner_is_gone_and_only_those(tmp_path: Path, migrated_mlflow_db: Path) -> None:
@@ -255,10 +223,10 @@ def test_a_worker_killed_mid_trial_is_ended_at_once_given_back_and_fails_the_swe
     killed: list[optuna.trial.FrozenTrial] = []
     make_objective = workers.make_objective
 
-    def main_process_objective(plan: Any) -> Callable[[optuna.Trial], Any]:
+    def main_process_objective(plan: Any, *args: Any) -> Callable[[optuna.Trial], Any]:
         """In the sweep's main process only: short trials, and before the first one, SIGKILL the spawned
         worker mid-trial (its trials are endless) and wait until the sweep has ended that trial."""
-        objective = make_objective(dataclasses.replace(plan, cfg=OmegaConf.merge(plan.cfg, {"trainer": {"max_epochs": 2}})))
+        objective = make_objective(dataclasses.replace(plan, cfg=OmegaConf.merge(plan.cfg, {"trainer": {"max_epochs": 2}})), *args)
 
         def run(trial: optuna.Trial) -> Any:
             if not killed:

@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 from optuna.samplers._gp.sampler import _RELATIVE_PARAMS_KEY
 from rich.console import Console
 
+from convsweep.dashboards.leaderboard import MODEL_URI
 from convsweep.errors import ConvsweepError
 from convsweep.lightning_modules.data import load_dataset
 from convsweep.search import run_records as tracking
@@ -66,7 +67,8 @@ def test_sweep_records_parent_children_params_metrics_and_resumes(tiny_cfg) -> N
         assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
 
     best = study.best_trial
-    model = mlflow.pyfunc.load_model(best.user_attrs["model_uri"])  # raw uint8 images in, logits out
+    uri = client.get_run(best.user_attrs["mlflow_run_id"]).data.tags[MODEL_URI]  # logged after the trial ended
+    model = mlflow.pyfunc.load_model(uri)  # raw uint8 images in, logits out
     x = load_dataset(cfg.dataset).val.images[:16].numpy()
     assert model.predict(x).shape == (16, 10)
 

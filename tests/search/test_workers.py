@@ -35,8 +35,8 @@ def every_worker_runs_a_trial(monkeypatch: pytest.MonkeyPatch) -> None:
     the spawned worker has imported torch; with it, a spawned worker that runs nothing fails the test."""
     make_objective = workers.make_objective
 
-    def held(plan: Any) -> Callable[[optuna.Trial], Any]:
-        objective = make_objective(plan)
+    def held(plan: Any, *args: Any) -> Callable[[optuna.Trial], Any]:
+        objective = make_objective(plan, *args)
 
         def run(trial: optuna.Trial) -> Any:
             deadline = time.monotonic() + WORKER_START_TIMEOUT_S
