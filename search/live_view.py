@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.text import Text
 
 from convsweep.dashboards.leaderboard import format_cost, ranked_trials, refused_before_training, trial_reason
+from convsweep.search.run_records import NOT_STARTED
 
 TrialState = optuna.trial.TrialState
 
@@ -45,7 +46,8 @@ class SweepProgress:
                     self.console.print(self._line(t))
             self.refused = sum(refused_before_training(t) for t in trials)
             finished = sum(t.state.is_finished() for t in trials)
-            self.bar.update(self.task, completed=finished - min(self.refused, self.max_refused))
+            not_started = sum(str(t.user_attrs.get("reason", "")).startswith(NOT_STARTED) for t in trials)
+            self.bar.update(self.task, completed=finished - not_started - min(self.refused, self.max_refused))
             best = ranked_trials(self.study, 1)  # by the metric, also in a multi-objective study
             if best:
                 self.best = (best[0].number, float(best[0].values[0]))

@@ -171,21 +171,21 @@ class WorkerPool:
         return any(p.exitcode is None for p in self.procs)
 
     def _wait_for_exit(self) -> bool:
-        """Block until a worker has exited (False when none runs).
+        """Block until a worker has exited that is not reaped yet (False once every worker is reaped).
 
-        The sentinel pipe alone is not enough: a process the worker started (a DataLoader or compile
-        worker, forked with the worker's fds) keeps its end open after a SIGKILL, so `exitcode`
-        (waitpid) is polled each second too.
+        "Exited and not reaped", not "fewer running": a worker can die between two looks (its
+        sentinel pipe closes a moment before waitpid reports it), and a watcher that then saw none
+        running would stop without ending the dead worker's trial. The sentinel pipe alone is not
+        enough either: a process the worker started (a DataLoader or compile worker, forked with the
+        worker's fds) keeps its end open after a SIGKILL, so `exitcode` (waitpid) is polled each second too.
         """
         while True:
-            running = [p for p in self.procs if p.exitcode is None]
-            if not running:
+            unreaped = [p for p in self.procs if p.pid not in self._reaped]
+            if not unreaped:
                 return False
-            if len(running) < len(self.procs) - len(self._reaped):
+            if any(p.exitcode is not None for p in unreaped):
                 return True
-            wait([p.sentinel for p in running], timeout=1.0)
-            if any(p.exitcode is not None for p in running):
-                return True
+            wait([p.sentinel for p in unreaped], timeout=1.0)
 
     def wait(self) -> None:
         """Block until a worker exits, and handle it."""

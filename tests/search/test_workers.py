@@ -6,7 +6,9 @@ ran what.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -104,3 +106,30 @@ def test_workers_share_a_postgres_study_and_the_password_is_masked(tiny_cfg, tmp
             assert ":***@" in text and f":{password}@" not in text
     finally:
         optuna.delete_study(study_name=study_name, storage=url)
+
+
+def test_the_watcher_reaps_a_worker_that_died_between_two_looks() -> None:
+    """A worker found dead before it was reaped is waited for, not taken for "none running": the watcher that
+    stopped there never ended the dead worker's trial (a sweep then waited for ever)."""
+    pool = object.__new__(workers.WorkerPool)  # the pool's bookkeeping only; its workers are two plain processes
+    dead, alive = (multiprocessing.get_context("fork").Process(target=target, args=args)
+                   for target, args in ((os._exit, (3,)), (time.sleep, (3600,))))
+    dead.start()
+    alive.start()
+    dead.join()  # died, not reaped yet
+    deaths: list[int] = []
+    pool.procs, pool._reaped, pool._stopping, pool.crashed = [dead, alive], set(), False, []
+    pool._lock, pool.on_death = threading.Lock(), deaths.append
+    try:
+        assert pool._wait_for_exit() is True  # without waiting for the live one
+        pool.reap()
+        assert deaths == [dead.pid] and pool.crashed == [(dead.pid, 3)]
+        alive.kill()
+        alive.join()
+        assert pool._wait_for_exit() is True
+        pool.reap()
+        assert deaths == [dead.pid, alive.pid]
+        assert pool._wait_for_exit() is False  # every worker reaped: the watcher may stop
+    finally:
+        if alive.exitcode is None:
+            alive.kill()
