@@ -167,6 +167,14 @@ def trial_model_uri(client: Any, trial: FrozenTrial) -> str | None:
     return client.get_run(run_id).data.tags.get(MODEL_URI)
 
 
+NOT_STARTED = "not started"  # the reason of a trial asked ahead (search/ask_ahead.py) that never ran starts with this
+
+
+def not_started(trial: FrozenTrial) -> bool:
+    """A trial asked ahead that never ran: the sweep stopped before its turn (FAIL, given back to the budget)."""
+    return trial.state == TrialState.FAIL and str(trial.user_attrs.get("reason", "")).startswith(NOT_STARTED)
+
+
 def refused_before_training(trial: FrozenTrial) -> bool:
     """A trial pruned before its first epoch because its architecture cannot be built or is over budget."""
     return trial.state == TrialState.PRUNED and bool(trial.user_attrs.get("invalid_reason"))

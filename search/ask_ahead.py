@@ -25,9 +25,9 @@ from typing import Any, Callable, Sequence
 
 import optuna
 
+from convsweep.dashboards.leaderboard import NOT_STARTED, not_started
 from convsweep.search.interrupts import deferred
 from convsweep.search.objective import TrialSteps
-from convsweep.search.run_records import NOT_STARTED
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
@@ -157,7 +157,7 @@ class AskAheadLoop:
                 frozen = self._tell(asked.trial, None, optuna.trial.TrialState.FAIL)
             except Exception:  # noqa: BLE001 - the error that stops the loop is the one to raise
                 return
-            if frozen.state == optuna.trial.TrialState.FAIL and str(frozen.user_attrs.get("reason", "")).startswith(NOT_STARTED):
+            if not_started(frozen):
                 give_back()
 
     def _tell(self, trial: optuna.Trial, values: Any, state: optuna.trial.TrialState | None) -> optuna.trial.FrozenTrial:

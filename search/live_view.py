@@ -15,8 +15,7 @@ from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from convsweep.dashboards.leaderboard import format_cost, ranked_trials, refused_before_training, trial_reason
-from convsweep.search.run_records import NOT_STARTED
+from convsweep.dashboards.leaderboard import format_cost, not_started, ranked_trials, refused_before_training, trial_reason
 
 TrialState = optuna.trial.TrialState
 
@@ -46,8 +45,8 @@ class SweepProgress:
                     self.console.print(self._line(t))
             self.refused = sum(refused_before_training(t) for t in trials)
             finished = sum(t.state.is_finished() for t in trials)
-            not_started = sum(str(t.user_attrs.get("reason", "")).startswith(NOT_STARTED) for t in trials)
-            self.bar.update(self.task, completed=finished - not_started - min(self.refused, self.max_refused))
+            waited = sum(not_started(t) for t in trials)
+            self.bar.update(self.task, completed=finished - waited - min(self.refused, self.max_refused))
             best = ranked_trials(self.study, 1)  # by the metric, also in a multi-objective study
             if best:
                 self.best = (best[0].number, float(best[0].values[0]))

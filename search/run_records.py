@@ -21,7 +21,6 @@ STATE = "convsweep.state"  # COMPLETE | PRUNED | FAIL, as Optuna names them
 REASON = "convsweep.reason"
 MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 INTERRUPTED = "interrupted"  # the reason of a run (and trial) ended by Ctrl-C or SIGTERM: FAIL in Optuna, KILLED in MLflow
-NOT_STARTED = "not started"  # the reason of a trial asked ahead (search/ask_ahead.py) that never ran starts with this
 _MAX_PARAM = 6000  # MLflow's limit on a param value's length
 _MAX_TAG = 5000
 

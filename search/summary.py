@@ -7,9 +7,8 @@ from typing import Any, Collection
 
 import optuna
 
-from convsweep.dashboards.leaderboard import ranked_trials, refused_before_training
+from convsweep.dashboards.leaderboard import not_started, ranked_trials, refused_before_training
 from convsweep.search.lease import LEASE, this_host
-from convsweep.search.run_records import NOT_STARTED
 from convsweep.search.storage import Locations
 
 
@@ -45,7 +44,7 @@ def summarize(study: optuna.Study, first: int, parent_id: str, loc: Locations, r
     trials = [t for t in study.get_trials(deepcopy=False) if t.number >= first
               and (t.user_attrs.get(LEASE) or {}).get("host") == host and t.user_attrs[LEASE].get("pid") in owners]
     TS = optuna.trial.TrialState
-    not_started = sum(str(t.user_attrs.get("reason", "")).startswith(NOT_STARTED) for t in trials)
+    waited = sum(not_started(t) for t in trials)
     count = lambda s: sum(t.state == s for t in trials)  # noqa: E731
     best = ranked_trials(study, 1)  # by the metric, also in a multi-objective study
     if best:
@@ -54,5 +53,5 @@ def summarize(study: optuna.Study, first: int, parent_id: str, loc: Locations, r
         best_value, best_params, best_run = None, {}, None
     return SweepSummary(study.study_name, count(TS.COMPLETE), count(TS.PRUNED), count(TS.FAIL), best_value,
                         best_params, best_run, parent_id, loc, resumed,
-                        "FAILED" if crashed or (count(TS.FAIL) > not_started and not count(TS.COMPLETE)) else "FINISHED",
-                        crashed, sum(refused_before_training(t) for t in trials), not_started)
+                        "FAILED" if crashed or (count(TS.FAIL) > waited and not count(TS.COMPLETE)) else "FINISHED",
+                        crashed, sum(refused_before_training(t) for t in trials), waited)

@@ -23,14 +23,13 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from rich.console import Console
 
-from convsweep.dashboards.leaderboard import WORKER_LOST, trial_reason
+from convsweep.dashboards.leaderboard import NOT_STARTED, WORKER_LOST, trial_reason
 from convsweep.errors import ConvsweepError
 from convsweep.search.ask_ahead import AskAheadLoop
 from convsweep.search.lease import LEASE, Lease
 from convsweep.search.objective import TrialSteps
 from convsweep.search.preflight import prepare_sweep, resolve_ask_ahead
 from convsweep.search.recovery import lost_trials_of, recover
-from convsweep.search.run_records import NOT_STARTED
 from convsweep.search.schema import check_config
 from convsweep.search.storage import resolve_locations
 from convsweep.search.studies import ensure_study_exists
