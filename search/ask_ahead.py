@@ -21,13 +21,15 @@ import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import optuna
 
 from convsweep.dashboards.leaderboard import NOT_STARTED, not_started
 from convsweep.search.interrupts import deferred
-from convsweep.search.objective import TrialSteps
+
+if TYPE_CHECKING:  # the objective imports torch and Lightning; this loop needs neither
+    from convsweep.search.objective import TrialSteps
 Callback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
