@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from convsweep.lightning_modules.cuda_graphs import StepInput, StepRunner
 
-METRICS = ("val/acc", "val/loss", "train/loss", "train/acc")  # every name a trial logs per epoch
+from convsweep.lightning_modules.metrics import METRICS  # noqa: F401 - every name a trial logs per epoch
 
 
 class ConvNetModule(LightningModule):

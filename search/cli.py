@@ -79,8 +79,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _sweep(cfg: Any, prewarm: Any) -> int:
     """The sweep itself, once the new store (if any) is migrating; imports here are the heavy ones."""
+    from convsweep.search.preflight import check_search, prepare_sweep
+
+    check_search(cfg)  # before Lightning's and MLflow's imports: a wrong metric or space is told at once
     from convsweep.dashboards.leaderboard import failure_counts, failures_table, leaderboard, leaderboard_table, state_counts
-    from convsweep.search.preflight import prepare_sweep
     from convsweep.search.studies import ensure_study_exists
     from convsweep.search.sweep import run_sweep
 

@@ -45,7 +45,7 @@ def space_source(cfg: DictConfig) -> str:
 
 def check_metric(cfg: DictConfig) -> None:
     """One metric name feeds pruning, checkpointing, objective and leaderboard: it must exist."""
-    from convsweep.lightning_modules.module import METRICS  # noqa: PLC0415 - keeps torch out of `convsweep config`
+    from convsweep.lightning_modules.metrics import METRICS  # noqa: PLC0415
 
     metric, direction = str(cfg.search.metric), str(cfg.search.direction)
     if metric not in METRICS:
@@ -169,6 +169,17 @@ def resolve_ask_ahead(cfg: DictConfig) -> bool:
     return bool(cfg.search.ask_ahead)
 
 
+def check_search(cfg: DictConfig) -> SearchSpace:
+    """The checks that need no dataset, store or Lightning (metric, objectives, space, sampler, pruner): the CLI
+    runs them before its heavy imports, so a typo is reported in seconds, not after 10-20 s of imports."""
+    check_metric(cfg)
+    sweep_objectives(cfg)
+    space = parse_space(OmegaConf.to_container(cfg.search_space), space_source(cfg))
+    make_sampler(cfg, space)
+    safe_instantiate(cfg.pruner)
+    return space
+
+
 def prepare_sweep(cfg: DictConfig, prewarm: StorePrewarm | None = None) -> SweepPlan:
     """Check config, space, metric, sampler, pruner and dataset; raise ConvsweepError before writing anything.
 
@@ -180,13 +191,9 @@ def prepare_sweep(cfg: DictConfig, prewarm: StorePrewarm | None = None) -> Sweep
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the live view reports every trial, failures with their reason
-    check_metric(cfg)
-    sweep_objectives(cfg)
+    space = check_search(cfg)
     resolve_n_workers(cfg)
     resolve_ask_ahead(cfg)
-    space = parse_space(OmegaConf.to_container(cfg.search_space), space_source(cfg))
-    make_sampler(cfg, space)
-    safe_instantiate(cfg.pruner)
     data = load_dataset(cfg.dataset)
     check_baselines(cfg, space, data.input_shape, data.num_classes)
     locations = resolve_locations(cfg.tracking)
